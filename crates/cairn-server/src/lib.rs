@@ -1,0 +1,46 @@
+//! Cairn's HTTP server: the v1 API, health, metrics and the OpenAPI document.
+//!
+//! **Architecture invariants:** handlers are thin (decode a `cairn-api` type, call the
+//! store, encode the answer); one function maps error codes to statuses; a bad request
+//! never writes anything and never takes the server down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_store::SharedStore;
+
+/// Limits on what one request may carry.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// The most events in one append request.
+    pub max_events_per_request: usize,
+    /// The largest event (its `data` plus `metadata`), in bytes.
+    pub max_event_bytes: usize,
+    /// The deepest nesting of arrays and objects in a request body.
+    pub max_json_depth: usize,
+    /// The largest `limit` a read may ask for.
+    pub max_read_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_events_per_request: 1000,
+            max_event_bytes: 1024 * 1024,
+            max_json_depth: 64,
+            max_read_limit: 1000,
+        }
+    }
+}
+
+/// Everything the handlers need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub limits: Arc<Limits>,
+    /// How long a request may take before it is answered 503.
+    pub request_timeout: Duration,
+}
