@@ -44,3 +44,22 @@ pub struct AppState {
     /// How long a request may take before it is answered 503.
     pub request_timeout: Duration,
 }
+
+/// The whole HTTP application; tests drive it in-process with `oneshot`.
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/health/live", axum::routing::get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then drains in-flight
+/// requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
