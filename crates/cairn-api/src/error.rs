@@ -18,7 +18,6 @@ pub enum ErrorCode {
     DuplicateEventId,
     StreamDeleted,
     PayloadTooLarge,
-    UnsupportedMediaType,
     IdempotencyKeyReused,
     RateLimited,
     Internal,
@@ -30,7 +29,9 @@ impl ErrorCode {
     /// The one place an error code is mapped to an HTTP status.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidRequest | ErrorCode::InvalidStreamName => 400,
+            ErrorCode::InvalidJson | ErrorCode::InvalidRequest | ErrorCode::InvalidStreamName => {
+                400
+            }
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::StreamNotFound | ErrorCode::NotFound => 404,
@@ -40,7 +41,6 @@ impl ErrorCode {
             | ErrorCode::DuplicateEventId => 409,
             ErrorCode::StreamDeleted => 410,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -64,7 +64,6 @@ impl ErrorCode {
             ErrorCode::DuplicateEventId => "duplicate_event_id",
             ErrorCode::StreamDeleted => "stream_deleted",
             ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -114,7 +113,11 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_names() {
-        for code in [ErrorCode::WrongExpectedVersion, ErrorCode::InvalidJson, ErrorCode::Unavailable] {
+        for code in [
+            ErrorCode::WrongExpectedVersion,
+            ErrorCode::InvalidJson,
+            ErrorCode::Unavailable,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

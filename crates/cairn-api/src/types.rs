@@ -227,7 +227,12 @@ impl EventRef<'_> {
     /// Appends this event's JSON (one line) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
-        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(
+            self.id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
         out.extend_from_slice(b"\",\"stream\":");
         write_json_string(out, self.stream);
         out.extend_from_slice(b",\"type\":");
@@ -319,11 +324,17 @@ mod tests {
             ("\"no_stream\"", ExpectedVersion::NoStream),
             ("\"exists\"", ExpectedVersion::Exists),
         ] {
-            assert_eq!(serde_json::from_str::<ExpectedVersion>(json).unwrap(), value);
+            assert_eq!(
+                serde_json::from_str::<ExpectedVersion>(json).unwrap(),
+                value
+            );
             assert_eq!(serde_json::to_string(&value).unwrap(), json);
         }
         for bad in ["-1", "\"latest\"", "1.5", "null", "[]"] {
-            assert!(serde_json::from_str::<ExpectedVersion>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<ExpectedVersion>(bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

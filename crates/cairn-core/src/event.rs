@@ -28,7 +28,8 @@ impl Tag {
                 tags.len()
             )));
         }
-        tags.iter().try_for_each(|tag| validate_label("tag", tag, MAX_TAG_LEN))
+        tags.iter()
+            .try_for_each(|tag| validate_label("tag", tag, MAX_TAG_LEN))
     }
 }
 

@@ -13,7 +13,10 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn is_empty(&self) -> bool {
-        self.category.is_none() && self.types.is_empty() && self.tags.is_empty() && self.stream.is_none()
+        self.category.is_none()
+            && self.types.is_empty()
+            && self.tags.is_empty()
+            && self.stream.is_none()
     }
 
     pub fn matches(&self, event: &RecordedEvent) -> bool {
@@ -27,7 +30,7 @@ impl EventFilter {
         {
             return false;
         }
-        if !self.types.is_empty() && !self.types.iter().any(|t| *t == event.event_type) {
+        if !self.types.is_empty() && !self.types.contains(&event.event_type) {
             return false;
         }
         self.tags.iter().all(|tag| event.tags.contains(tag))

@@ -1,1 +1,981 @@
-//! The storage conformance suite (to be written).
+//! The storage conformance suite: the behaviour every [`EventStore`] backend must show.
+//! A backend's integration tests instantiate it with [`conformance_suite!`], handing it
+//! an async factory that returns a fresh, empty store (and a guard that keeps its
+//! resources alive):
+//!
+//! ```text
+//! async fn new_store() -> (SharedStore, Box<dyn std::any::Any + Send>) { … }
+//! cairn_store::conformance_suite!(new_store);
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use cairn_core::{AppendCondition, EventFilter, ExpectedVersion, NewEvent, StreamName};
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, AppendRequest, AppendResult, AppendTarget, Direction, IdempotencyClaim,
+    SharedStore, StoreError,
+};
+
+/// Instantiates every conformance test for one backend.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::conformance_suite!(@tests $factory;
+            appends_start_at_version_zero_and_position_one,
+            expected_version_forms,
+            wrong_expected_version_reports_actual,
+            reads_forward_and_backward_with_paging,
+            missing_stream_is_not_found,
+            global_log_is_in_append_order,
+            global_read_filters,
+            multi_stream_append_is_atomic,
+            append_condition,
+            resent_event_ids_are_idempotent,
+            duplicate_event_id_elsewhere_is_refused,
+            idempotency_key_replays_and_refuses_reuse,
+            failing_request_does_not_fail_its_batch,
+            positions_are_gapless_under_concurrency,
+            one_winner_per_expected_version,
+            concurrent_retries_of_one_key_append_once,
+            deleted_streams,
+            list_streams_by_prefix_with_paging,
+            stream_info_tracks_the_head,
+            watch_head_follows_commits,
+        );
+    };
+    (@tests $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $factory().await;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+/// A new event with a fresh UUIDv7 id.
+pub fn event(event_type: &str, data: &str) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        data: data.to_owned(),
+        metadata: "{}".to_owned(),
+        tags: Vec::new(),
+    }
+}
+
+fn tagged(event_type: &str, tags: &[&str]) -> NewEvent {
+    NewEvent {
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        ..event(event_type, "{}")
+    }
+}
+
+pub fn stream(name: &str) -> StreamName {
+    StreamName::parse(name).expect("test stream names are valid")
+}
+
+fn render(result: &AppendResult) -> String {
+    format!("{}-{}", result.first_position, result.last_position)
+}
+
+async fn append(
+    store: &SharedStore,
+    name: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, StoreError> {
+    match store
+        .append(AppendRequest::single(stream(name), expected, events))
+        .await?
+    {
+        AppendOutcome::Committed(result) => Ok(result),
+        AppendOutcome::Replayed { body } => panic!("unexpected replay {body}"),
+    }
+}
+
+async fn ok(store: &SharedStore, name: &str, events: usize) -> AppendResult {
+    let events = (0..events)
+        .map(|i| event("E", &format!("{{\"i\":{i}}}")))
+        .collect();
+    append(store, name, ExpectedVersion::Any, events)
+        .await
+        .expect("append succeeds")
+}
+
+pub async fn appends_start_at_version_zero_and_position_one(store: SharedStore) {
+    let result = ok(&store, "order-1", 2).await;
+    assert_eq!((result.first_position, result.last_position), (1, 2));
+    let s = &result.streams[0];
+    assert_eq!((s.first_version, s.last_version), (0, 1));
+    let result = ok(&store, "order-1", 1).await;
+    assert_eq!(result.streams[0].first_version, 2);
+    assert_eq!(result.first_position, 3);
+    let slice = store
+        .read_stream(&stream("order-1"), None, Direction::Forward, 10)
+        .await
+        .unwrap();
+    let versions: Vec<_> = slice.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [0, 1, 2]);
+    assert_eq!(slice.events[0].data, "{\"i\":0}");
+    assert_eq!(slice.events[0].event_type, "E");
+    assert_eq!(slice.events[0].stream.as_str(), "order-1");
+    assert!(slice.events[0].recorded_at > 0);
+    assert_eq!(slice.next, None);
+}
+
+pub async fn expected_version_forms(store: SharedStore) {
+    use ExpectedVersion::*;
+    assert!(
+        append(&store, "a", Exists, vec![event("E", "1")])
+            .await
+            .is_err()
+    );
+    assert!(
+        append(&store, "a", Exact(0), vec![event("E", "1")])
+            .await
+            .is_err()
+    );
+    append(&store, "a", NoStream, vec![event("E", "1")])
+        .await
+        .unwrap();
+    assert!(
+        append(&store, "a", NoStream, vec![event("E", "1")])
+            .await
+            .is_err()
+    );
+    append(&store, "a", Exists, vec![event("E", "1")])
+        .await
+        .unwrap();
+    append(&store, "a", Exact(1), vec![event("E", "1")])
+        .await
+        .unwrap();
+    assert!(
+        append(&store, "a", Exact(1), vec![event("E", "1")])
+            .await
+            .is_err()
+    );
+    append(&store, "a", Any, vec![event("E", "1")])
+        .await
+        .unwrap();
+    assert_eq!(store.stream_info(&stream("a")).await.unwrap().version, 3);
+    // Refused appends wrote nothing.
+    assert_eq!(store.head_position().await.unwrap(), 4);
+}
+
+pub async fn wrong_expected_version_reports_actual(store: SharedStore) {
+    let error = append(
+        &store,
+        "b",
+        ExpectedVersion::Exact(3),
+        vec![event("E", "1")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error,
+        StoreError::WrongExpectedVersion {
+            stream: stream("b"),
+            expected: ExpectedVersion::Exact(3),
+            actual: None
+        }
+    );
+    ok(&store, "b", 5).await;
+    let error = append(
+        &store,
+        "b",
+        ExpectedVersion::NoStream,
+        vec![event("E", "1")],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::WrongExpectedVersion {
+                actual: Some(4),
+                expected: ExpectedVersion::NoStream,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+pub async fn reads_forward_and_backward_with_paging(store: SharedStore) {
+    ok(&store, "s", 7).await;
+    let s = stream("s");
+    let page = store
+        .read_stream(&s, Some(0), Direction::Forward, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(page.next, Some(3));
+    let page = store
+        .read_stream(&s, Some(6), Direction::Forward, 3)
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.next, None);
+    let page = store
+        .read_stream(&s, None, Direction::Backward, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [6, 5, 4]
+    );
+    assert_eq!(page.next, Some(3));
+    let page = store
+        .read_stream(&s, Some(1), Direction::Backward, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 0]
+    );
+    assert_eq!(page.next, None);
+    let page = store
+        .read_stream(&s, Some(100), Direction::Backward, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [6, 5]
+    );
+    let page = store
+        .read_stream(&s, Some(100), Direction::Forward, 2)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.next, None);
+}
+
+pub async fn missing_stream_is_not_found(store: SharedStore) {
+    let s = stream("nothing-here");
+    assert_eq!(
+        store
+            .read_stream(&s, None, Direction::Forward, 10)
+            .await
+            .unwrap_err(),
+        StoreError::StreamNotFound(s.clone())
+    );
+    assert_eq!(
+        store.stream_info(&s).await.unwrap_err(),
+        StoreError::StreamNotFound(s)
+    );
+}
+
+pub async fn global_log_is_in_append_order(store: SharedStore) {
+    ok(&store, "x-1", 2).await;
+    ok(&store, "y-1", 1).await;
+    ok(&store, "x-1", 1).await;
+    let slice = store
+        .read_all(1, &EventFilter::default(), 100)
+        .await
+        .unwrap();
+    let seen: Vec<_> = slice
+        .events
+        .iter()
+        .map(|e| (e.position, e.stream.to_string(), e.version))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "x-1".to_owned(), 0),
+            (2, "x-1".to_owned(), 1),
+            (3, "y-1".to_owned(), 0),
+            (4, "x-1".to_owned(), 2)
+        ]
+    );
+    assert_eq!((slice.next_from_position, slice.head_position), (5, 4));
+    let page = store.read_all(2, &EventFilter::default(), 2).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert_eq!(page.next_from_position, 4);
+    let past = store
+        .read_all(10, &EventFilter::default(), 2)
+        .await
+        .unwrap();
+    assert!(past.events.is_empty());
+    assert_eq!(past.next_from_position, 10);
+}
+
+pub async fn global_read_filters(store: SharedStore) {
+    append(
+        &store,
+        "order-1",
+        ExpectedVersion::Any,
+        vec![tagged("Placed", &["customer:1"])],
+    )
+    .await
+    .unwrap();
+    append(
+        &store,
+        "order-2",
+        ExpectedVersion::Any,
+        vec![tagged("Placed", &["customer:2", "vip"])],
+    )
+    .await
+    .unwrap();
+    append(
+        &store,
+        "cart-1",
+        ExpectedVersion::Any,
+        vec![tagged("Added", &["customer:1"])],
+    )
+    .await
+    .unwrap();
+    append(
+        &store,
+        "order-1",
+        ExpectedVersion::Any,
+        vec![tagged("Shipped", &["customer:1", "vip"])],
+    )
+    .await
+    .unwrap();
+    let positions = |filter: EventFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .read_all(1, &filter, 100)
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.position)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_category = EventFilter {
+        category: Some("order".into()),
+        ..Default::default()
+    };
+    assert_eq!(positions(by_category).await, [1, 2, 4]);
+    let by_types = EventFilter {
+        types: vec!["Added".into(), "Shipped".into()],
+        ..Default::default()
+    };
+    assert_eq!(positions(by_types).await, [3, 4]);
+    let by_tag = EventFilter {
+        tags: vec!["customer:1".into()],
+        ..Default::default()
+    };
+    assert_eq!(positions(by_tag).await, [1, 3, 4]);
+    let by_tags = EventFilter {
+        tags: vec!["customer:1".into(), "vip".into()],
+        ..Default::default()
+    };
+    assert_eq!(positions(by_tags).await, [4]);
+    let by_stream = EventFilter {
+        stream: Some("order-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(positions(by_stream).await, [1, 4]);
+    let combined = EventFilter {
+        category: Some("order".into()),
+        types: vec!["Placed".into()],
+        tags: vec!["vip".into()],
+        ..Default::default()
+    };
+    assert_eq!(positions(combined).await, [2]);
+    let none = EventFilter {
+        category: Some("nope".into()),
+        ..Default::default()
+    };
+    let slice = store.read_all(1, &none, 10).await.unwrap();
+    assert!(slice.events.is_empty());
+    assert_eq!(
+        slice.next_from_position, 5,
+        "a filtered read that found nothing may skip to the head"
+    );
+    let tagged_event = &store
+        .read_all(2, &EventFilter::default(), 1)
+        .await
+        .unwrap()
+        .events[0];
+    assert_eq!(tagged_event.tags, ["customer:2", "vip"]);
+}
+
+pub async fn multi_stream_append_is_atomic(store: SharedStore) {
+    ok(&store, "m-1", 1).await;
+    let request = AppendRequest {
+        targets: vec![
+            AppendTarget {
+                stream: stream("m-1"),
+                expected: ExpectedVersion::Exact(0),
+            },
+            AppendTarget {
+                stream: stream("m-2"),
+                expected: ExpectedVersion::NoStream,
+            },
+        ],
+        events: vec![
+            (0, event("A", "1")),
+            (1, event("B", "2")),
+            (0, event("C", "3")),
+        ],
+        condition: None,
+        idempotency: None,
+    };
+    let AppendOutcome::Committed(result) = store.append(request.clone()).await.unwrap() else {
+        panic!("replayed")
+    };
+    assert_eq!((result.first_position, result.last_position), (2, 4));
+    assert_eq!(result.streams.len(), 2);
+    assert_eq!(
+        (
+            result.streams[0].first_version,
+            result.streams[0].last_version
+        ),
+        (1, 2)
+    );
+    assert_eq!(
+        (
+            result.streams[0].first_position,
+            result.streams[0].last_position
+        ),
+        (2, 4)
+    );
+    assert_eq!(
+        (
+            result.streams[1].first_version,
+            result.streams[1].first_position
+        ),
+        (0, 3)
+    );
+    // Same expectations again: m-1 is now at 2, so nothing at all is written.
+    let retry = AppendRequest {
+        events: vec![(0, event("A", "1")), (1, event("B", "2"))],
+        ..request
+    };
+    let error = store.append(retry).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::WrongExpectedVersion { .. }),
+        "{error:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 4);
+    assert_eq!(store.stream_info(&stream("m-2")).await.unwrap().version, 0);
+}
+
+pub async fn append_condition(store: SharedStore) {
+    append(
+        &store,
+        "course-1",
+        ExpectedVersion::Any,
+        vec![tagged("Created", &["course:1"])],
+    )
+    .await
+    .unwrap();
+    append(
+        &store,
+        "student-1",
+        ExpectedVersion::Any,
+        vec![tagged("Registered", &["student:1"])],
+    )
+    .await
+    .unwrap();
+    let condition = |after| AppendCondition {
+        query: EventFilter {
+            tags: vec!["course:1".into()],
+            ..Default::default()
+        },
+        after,
+    };
+    let with_condition = |after| AppendRequest {
+        condition: Some(condition(after)),
+        ..AppendRequest::single(
+            stream("student-1"),
+            ExpectedVersion::Any,
+            vec![tagged("Subscribed", &["course:1"])],
+        )
+    };
+    assert_eq!(
+        store.append(with_condition(0)).await.unwrap_err(),
+        StoreError::ConditionFailed { after: 0, found: 1 }
+    );
+    assert_eq!(store.head_position().await.unwrap(), 2);
+    store.append(with_condition(1)).await.unwrap();
+    // The event just written matches the query, so the same condition fails now.
+    assert_eq!(
+        store.append(with_condition(1)).await.unwrap_err(),
+        StoreError::ConditionFailed { after: 1, found: 3 }
+    );
+    let by_type = AppendRequest {
+        condition: Some(AppendCondition {
+            query: EventFilter {
+                types: vec!["Nope".into()],
+                ..Default::default()
+            },
+            after: 0,
+        }),
+        ..AppendRequest::single(stream("x"), ExpectedVersion::Any, vec![event("E", "1")])
+    };
+    store.append(by_type).await.unwrap();
+}
+
+pub async fn resent_event_ids_are_idempotent(store: SharedStore) {
+    ok(&store, "other", 1).await;
+    let events = vec![event("A", "1"), event("B", "2")];
+    let first = append(&store, "r", ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    // The same events again, even with an expectation that no longer holds: success,
+    // same result, nothing written.
+    let again = append(&store, "r", ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(store.head_position().await.unwrap(), 3);
+    // A prefix of them is also already there, in order.
+    let prefix = append(&store, "r", ExpectedVersion::Any, events[..1].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(prefix.last_position, 2);
+    // Known ids followed by a new one: a partial re-send is a duplicate.
+    let partial = vec![events[0].clone(), events[1].clone(), event("C", "3")];
+    let error = append(&store, "r", ExpectedVersion::Any, partial)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateEventId { .. }),
+        "{error:?}"
+    );
+    // The same ids in another order are not the same append.
+    let swapped = vec![events[1].clone(), events[0].clone()];
+    let error = append(&store, "r", ExpectedVersion::Any, swapped)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateEventId { .. }),
+        "{error:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 3);
+}
+
+pub async fn duplicate_event_id_elsewhere_is_refused(store: SharedStore) {
+    let reused = event("A", "1");
+    append(&store, "one", ExpectedVersion::Any, vec![reused.clone()])
+        .await
+        .unwrap();
+    let error = append(&store, "two", ExpectedVersion::Any, vec![reused.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        StoreError::DuplicateEventId {
+            id: reused.id,
+            existing_stream: "one".into()
+        }
+    );
+    // A colliding id in second place is refused too, and nothing of the request stays.
+    let error = append(
+        &store,
+        "two",
+        ExpectedVersion::Any,
+        vec![event("B", "2"), reused.clone()],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateEventId { id, .. } if id == reused.id),
+        "{error:?}"
+    );
+    // The same id twice in one request.
+    let twice = event("C", "3");
+    let error = append(
+        &store,
+        "three",
+        ExpectedVersion::Any,
+        vec![twice.clone(), twice],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateEventId { .. }),
+        "{error:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 1);
+    assert!(store.stream_info(&stream("two")).await.is_err());
+}
+
+fn claim(key: &str, fingerprint: u8) -> IdempotencyClaim {
+    IdempotencyClaim {
+        key: key.to_owned(),
+        fingerprint: [fingerprint; 32],
+        render,
+    }
+}
+
+pub async fn idempotency_key_replays_and_refuses_reuse(store: SharedStore) {
+    let request = |fingerprint| AppendRequest {
+        idempotency: Some(claim("key-1", fingerprint)),
+        ..AppendRequest::single(stream("i"), ExpectedVersion::Any, vec![event("E", "1")])
+    };
+    let AppendOutcome::Committed(first) = store.append(request(7)).await.unwrap() else {
+        panic!("first append replayed")
+    };
+    assert_eq!(first.first_position, 1);
+    assert_eq!(
+        store.append(request(7)).await.unwrap(),
+        AppendOutcome::Replayed { body: "1-1".into() }
+    );
+    assert_eq!(
+        store.append(request(8)).await.unwrap_err(),
+        StoreError::IdempotencyKeyReused
+    );
+    assert_eq!(store.head_position().await.unwrap(), 1);
+    // A refused request does not keep its key: the key stays free for a retry.
+    let refused = AppendRequest {
+        idempotency: Some(claim("key-2", 1)),
+        ..AppendRequest::single(
+            stream("i"),
+            ExpectedVersion::NoStream,
+            vec![event("E", "1")],
+        )
+    };
+    assert!(store.append(refused.clone()).await.is_err());
+    let fixed = AppendRequest {
+        targets: vec![AppendTarget {
+            stream: stream("i"),
+            expected: ExpectedVersion::Exact(0),
+        }],
+        ..refused
+    };
+    assert!(matches!(
+        store.append(fixed).await.unwrap(),
+        AppendOutcome::Committed(_)
+    ));
+}
+
+pub async fn failing_request_does_not_fail_its_batch(store: SharedStore) {
+    ok(&store, "busy", 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            // Every third request expects a version the stream never has.
+            let expected = if i % 3 == 0 {
+                ExpectedVersion::Exact(1_000_000)
+            } else {
+                ExpectedVersion::Any
+            };
+            append(
+                &store,
+                &format!("busy-{i}"),
+                expected,
+                vec![event("E", "1")],
+            )
+            .await
+        }));
+    }
+    let mut succeeded = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i % 3 == 0 {
+            assert!(
+                matches!(result, Err(StoreError::WrongExpectedVersion { .. })),
+                "{result:?}"
+            );
+        } else {
+            result.unwrap();
+            succeeded += 1;
+        }
+    }
+    let slice = store
+        .read_all(1, &EventFilter::default(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(slice.events.len(), succeeded + 1);
+    assert_gapless(&slice.events.iter().map(|e| e.position).collect::<Vec<_>>());
+}
+
+fn assert_gapless(positions: &[u64]) {
+    for (index, position) in positions.iter().enumerate() {
+        assert_eq!(
+            *position,
+            index as u64 + 1,
+            "positions must be 1, 2, 3, …: {positions:?}"
+        );
+    }
+}
+
+pub async fn positions_are_gapless_under_concurrency(store: SharedStore) {
+    // 16 writers x 20 rounds of 1, 2 or 3 events: 7 + 14 + 18 = 39 events each.
+    const TOTAL: u64 = 16 * 39;
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for round in 0..20 {
+                let events = (0..=(round % 3)).map(|_| event("E", "{}")).collect();
+                let name = format!("w{}-{}", writer, round % 4);
+                let result = append(&store, &name, ExpectedVersion::Any, events)
+                    .await
+                    .unwrap();
+                acknowledged.extend(result.first_position..=result.last_position);
+            }
+            acknowledged
+        }));
+    }
+    // A reader tails the log while the writers write: it must never see a gap nor a
+    // position go backwards.
+    let reader = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut next = 1;
+            let mut seen = Vec::new();
+            while next <= TOTAL {
+                let slice = store
+                    .read_all(next, &EventFilter::default(), 50)
+                    .await
+                    .unwrap();
+                for e in &slice.events {
+                    assert_eq!(e.position, next, "reader saw a gap or a reordering");
+                    next += 1;
+                    seen.push(e.position);
+                }
+                if slice.events.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            seen
+        })
+    };
+    let mut all = HashSet::new();
+    for task in tasks {
+        for position in task.await.unwrap() {
+            assert!(
+                all.insert(position),
+                "position {position} acknowledged twice"
+            );
+        }
+    }
+    let head = store.head_position().await.unwrap();
+    assert_eq!(all.len() as u64, head);
+    assert_eq!(head, TOTAL);
+    let seen = reader.await.unwrap();
+    assert_gapless(&seen);
+    // Every stream's versions are contiguous from 0.
+    for writer in 0..16 {
+        for k in 0..4 {
+            let s = stream(&format!("w{writer}-{k}"));
+            let slice = store
+                .read_stream(&s, None, Direction::Forward, 1000)
+                .await
+                .unwrap();
+            for (index, e) in slice.events.iter().enumerate() {
+                assert_eq!(e.version, index as u64);
+            }
+        }
+    }
+}
+
+pub async fn one_winner_per_expected_version(store: SharedStore) {
+    ok(&store, "race", 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            append(
+                &store,
+                "race",
+                ExpectedVersion::Exact(0),
+                vec![event("E", "1")],
+            )
+            .await
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(1), ..
+            }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(store.stream_info(&stream("race")).await.unwrap().version, 1);
+}
+
+pub async fn concurrent_retries_of_one_key_append_once(store: SharedStore) {
+    let events = [event("E", "1"), event("E", "2")];
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        // A retry carries the same events (server-assigned ids are minted once per
+        // request, so each retry here has fresh ids: only the key protects it).
+        let events: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent {
+                id: Uuid::now_v7(),
+                ..e.clone()
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(AppendRequest {
+                    idempotency: Some(claim("retry-key", 3)),
+                    ..AppendRequest::single(stream("retried"), ExpectedVersion::Any, events)
+                })
+                .await
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            AppendOutcome::Committed(_) => committed += 1,
+            AppendOutcome::Replayed { body } => assert_eq!(body, "1-2"),
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(store.head_position().await.unwrap(), 2);
+}
+
+pub async fn deleted_streams(store: SharedStore) {
+    ok(&store, "gone", 3).await;
+    ok(&store, "kept", 1).await;
+    let s = stream("gone");
+    assert!(matches!(
+        store
+            .delete_stream(&s, ExpectedVersion::Exact(1))
+            .await
+            .unwrap_err(),
+        StoreError::WrongExpectedVersion {
+            actual: Some(2),
+            ..
+        }
+    ));
+    assert_eq!(
+        store
+            .delete_stream(&s, ExpectedVersion::Exact(2))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .read_stream(&s, None, Direction::Forward, 10)
+            .await
+            .unwrap_err(),
+        StoreError::StreamDeleted(s.clone())
+    );
+    assert_eq!(
+        store.stream_info(&s).await.unwrap_err(),
+        StoreError::StreamDeleted(s.clone())
+    );
+    assert_eq!(
+        append(&store, "gone", ExpectedVersion::Any, vec![event("E", "1")])
+            .await
+            .unwrap_err(),
+        StoreError::StreamDeleted(s.clone())
+    );
+    assert_eq!(
+        store
+            .delete_stream(&s, ExpectedVersion::Any)
+            .await
+            .unwrap_err(),
+        StoreError::StreamDeleted(s.clone())
+    );
+    let missing = stream("never");
+    assert_eq!(
+        store
+            .delete_stream(&missing, ExpectedVersion::Any)
+            .await
+            .unwrap_err(),
+        StoreError::StreamNotFound(missing)
+    );
+    // The global log keeps its events: positions never go away.
+    assert_eq!(
+        store
+            .read_all(1, &EventFilter::default(), 10)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        4
+    );
+    assert_eq!(
+        store.list_streams("", None, 10).await.unwrap().streams,
+        ["kept"]
+    );
+}
+
+pub async fn list_streams_by_prefix_with_paging(store: SharedStore) {
+    for name in [
+        "order-3", "order-1", "cart-1", "order-2", "orders", "order.x",
+    ] {
+        ok(&store, name, 1).await;
+    }
+    let page = store.list_streams("order-", None, 2).await.unwrap();
+    assert_eq!(page.streams, ["order-1", "order-2"]);
+    assert_eq!(page.next.as_deref(), Some("order-2"));
+    let page = store
+        .list_streams("order-", Some("order-2"), 2)
+        .await
+        .unwrap();
+    assert_eq!(page.streams, ["order-3"]);
+    assert_eq!(page.next, None);
+    let all = store.list_streams("", None, 100).await.unwrap();
+    assert_eq!(
+        all.streams,
+        [
+            "cart-1", "order-1", "order-2", "order-3", "order.x", "orders"
+        ]
+    );
+    assert!(
+        store
+            .list_streams("zzz", None, 10)
+            .await
+            .unwrap()
+            .streams
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_streams("%", None, 10)
+            .await
+            .unwrap()
+            .streams
+            .is_empty(),
+        "no LIKE wildcards"
+    );
+}
+
+pub async fn stream_info_tracks_the_head(store: SharedStore) {
+    ok(&store, "info", 2).await;
+    let before = store.stream_info(&stream("info")).await.unwrap();
+    assert_eq!((before.version, before.position), (1, 2));
+    ok(&store, "elsewhere", 1).await;
+    ok(&store, "info", 1).await;
+    let after = store.stream_info(&stream("info")).await.unwrap();
+    assert_eq!((after.version, after.position), (2, 4));
+    assert_eq!(after.created_at, before.created_at);
+    assert!(after.updated_at >= before.updated_at);
+}
+
+pub async fn watch_head_follows_commits(store: SharedStore) {
+    let mut watch = store.watch_head();
+    assert_eq!(*watch.borrow_and_update(), 0);
+    ok(&store, "w", 3).await;
+    // The head is published by the time the append is acknowledged.
+    assert_eq!(*watch.borrow_and_update(), 3);
+    let waiter = tokio::spawn(async move {
+        watch.changed().await.unwrap();
+        *watch.borrow()
+    });
+    ok(&store, "w", 1).await;
+    assert_eq!(waiter.await.unwrap(), 4);
+}

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_core::{
-    AppendCondition, EventFilter, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamName, Version,
+    AppendCondition, EventFilter, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamName,
+    Version,
 };
 use uuid::Uuid;
 
 pub mod conformance;
+pub mod metrics;
 pub mod sqlite;
 
 /// A store shared across the server.

@@ -1,0 +1,18 @@
+//! Every metric the storage layer records, declared in one place.
+
+/// Events appended (committed), counter.
+pub const APPENDED_EVENTS: &str = "cairn_appended_events_total";
+/// Append requests per group-commit transaction, histogram.
+pub const GROUP_COMMIT_BATCH_SIZE: &str = "cairn_group_commit_batch_size";
+/// Time to commit (and fsync) one group-commit transaction, histogram in seconds.
+pub const COMMIT_DURATION_SECONDS: &str = "cairn_commit_duration_seconds";
+/// The last committed position, gauge.
+pub const HEAD_POSITION: &str = "cairn_head_position";
+
+/// Histogram buckets suited to each histogram above, for the exporter.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+pub const COMMIT_DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];

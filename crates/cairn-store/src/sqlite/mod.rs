@@ -1,0 +1,420 @@
+//! The embedded backend: one SQLite file in WAL mode, one writer thread doing group
+//! commit ([`writer`]), a pool of read-only connections for reads.
+
+mod read;
+mod schema;
+mod writer;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_core::{EventFilter, ExpectedVersion, Position, StreamName, Version};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::read::{
+    EVENT_COLUMNS, ReadPool, event_from_row, filter_sql, head_position, stream_from_db,
+};
+pub use self::schema::SCHEMA_VERSION;
+use self::schema::{internal, migrate, open_writer};
+use self::writer::{Command, Writer};
+use crate::{
+    AppendOutcome, AppendRequest, Direction, EventStore, LogSlice, StoreError, StreamInfo,
+    StreamPage, StreamSlice,
+};
+
+/// The database file's name inside the data directory.
+pub const DATABASE_FILE: &str = "events.db";
+const LOCK_FILE: &str = "cairn.lock";
+
+/// How to open the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The folder holding `events.db`; created when missing.
+    pub data_dir: PathBuf,
+    /// Read connections in the pool.
+    pub read_connections: usize,
+    /// How long idempotency keys are kept.
+    pub idempotency_window: Duration,
+    /// The most append requests committed in one transaction.
+    pub max_batch_requests: usize,
+    /// Append requests that may wait for the writer before callers wait to enqueue.
+    pub queue_depth: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            read_connections: 4,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            max_batch_requests: 512,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// The embedded event store. Dropping it stops the writer after the batch in hand.
+pub struct SqliteStore {
+    commands: Option<mpsc::Sender<Command>>,
+    reads: ReadPool,
+    head: watch::Receiver<Position>,
+    writer: Option<JoinHandle<()>>,
+    path: PathBuf,
+    // Held for the store's lifetime: a second Cairn on the same data directory is
+    // refused instead of corrupting the order of positions.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating when needed) the store in `options.data_dir`.
+    pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        fs::create_dir_all(&options.data_dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
+        let lock = lock_data_dir(&options.data_dir)?;
+        let path = options.data_dir.join(DATABASE_FILE);
+        let mut connection = open_writer(&path)?;
+        migrate(&mut connection)?;
+        connection.set_prepared_statement_cache_capacity(64);
+        let head = head_position(&connection)?;
+        let last_recorded_at: i64 = connection
+            .query_row(
+                "SELECT COALESCE(MAX(recorded_at), 0) FROM events",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(internal)?;
+        let reads = ReadPool::open(path.clone(), options.read_connections)?;
+
+        let (head_tx, head_rx) = watch::channel(head);
+        let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
+        let writer = Writer {
+            connection,
+            head,
+            last_recorded_at,
+            idempotency_window: options.idempotency_window,
+            max_batch_requests: options.max_batch_requests,
+            head_tx,
+        };
+        let writer = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || writer.run(commands_rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        tracing::info!(path = %path.display(), head, "embedded store open");
+        Ok(Self {
+            commands: Some(commands_tx),
+            reads,
+            head: head_rx,
+            writer: Some(writer),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let commands = self
+            .commands
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        commands
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "{} is in use by another Cairn process",
+            data_dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop; wait for it so the database and
+        // the lock are released when the store is gone.
+        self.commands.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { request, reply }).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: Option<Version>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        let stream = stream.clone();
+        self.reads
+            .run(move |connection| {
+                let transaction = connection.transaction().map_err(internal)?;
+                let (stream_id, last_version) = stream_row(&transaction, &stream)?;
+                let fetch = limit.saturating_add(1) as i64;
+                let sql = match direction {
+                    Direction::Forward => format!(
+                        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = ?1 AND e.version >= ?2 ORDER BY e.version LIMIT ?3"
+                    ),
+                    Direction::Backward => format!(
+                        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = ?1 AND e.version <= ?2 ORDER BY e.version DESC LIMIT ?3"
+                    ),
+                };
+                let from = match direction {
+                    Direction::Forward => from.unwrap_or(0),
+                    Direction::Backward => from.unwrap_or(last_version).min(last_version),
+                };
+                let from = i64::try_from(from).unwrap_or(i64::MAX);
+                let mut statement = transaction.prepare_cached(&sql).map_err(internal)?;
+                let mut events = statement
+                    .query_map(params![stream_id, from, fetch], |row| event_from_row(row, stream.clone()))
+                    .map_err(internal)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)?;
+                let next = if events.len() > limit {
+                    events.pop().map(|extra| extra.version)
+                } else {
+                    None
+                };
+                Ok(StreamSlice { events, next })
+            })
+            .await
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, StoreError> {
+        let stream = stream.clone();
+        self.reads
+            .run(move |connection| {
+                let row = connection
+                    .prepare_cached(
+                        "SELECT version, position, created_at, updated_at, deleted FROM streams WHERE name = ?1",
+                    )
+                    .map_err(internal)?
+                    .query_row([stream.as_str()], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, bool>(4)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(internal)?;
+                match row {
+                    None => Err(StoreError::StreamNotFound(stream)),
+                    Some((.., true)) => Err(StoreError::StreamDeleted(stream)),
+                    Some((version, position, created_at, updated_at, false)) => Ok(StreamInfo {
+                        stream,
+                        version: version as Version,
+                        position: position as Position,
+                        created_at,
+                        updated_at,
+                    }),
+                }
+            })
+            .await
+    }
+
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        let prefix = prefix.to_owned();
+        let after = after.map(str::to_owned);
+        self.reads
+            .run(move |connection| {
+                let mut params = vec![Value::Text(prefix.clone())];
+                let mut sql = String::from(
+                    "SELECT name FROM streams WHERE deleted = 0 AND name >= ?1 AND substr(name, 1, length(?1)) = ?1",
+                );
+                if let Some(upper) = prefix_upper_bound(&prefix) {
+                    sql.push_str(" AND name < ?");
+                    params.push(Value::Text(upper));
+                }
+                if let Some(after) = after {
+                    sql.push_str(" AND name > ?");
+                    params.push(Value::Text(after));
+                }
+                sql.push_str(" ORDER BY name LIMIT ?");
+                params.push(Value::Integer(limit.saturating_add(1) as i64));
+                let mut streams = connection
+                    .prepare_cached(&sql)
+                    .map_err(internal)?
+                    .query_map(rusqlite::params_from_iter(params), |row| row.get::<_, String>(0))
+                    .map_err(internal)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)?;
+                let next = if streams.len() > limit {
+                    streams.truncate(limit);
+                    streams.last().cloned()
+                } else {
+                    None
+                };
+                Ok(StreamPage { streams, next })
+            })
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice, StoreError> {
+        let filter = filter.clone();
+        self.reads
+            .run(move |connection| {
+                let transaction = connection.transaction().map_err(internal)?;
+                let head = head_position(&transaction)?;
+                let from = from.max(1);
+                let mut params = vec![Value::Integer(i64::try_from(from).unwrap_or(i64::MAX))];
+                let conditions = filter_sql(&filter, &mut params);
+                params.push(Value::Integer(limit as i64));
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS}, s.name FROM events e JOIN streams s ON s.stream_id = e.stream_id
+                     WHERE e.position >= ?{conditions} ORDER BY e.position LIMIT ?"
+                );
+                let events = transaction
+                    .prepare_cached(&sql)
+                    .map_err(internal)?
+                    .query_map(rusqlite::params_from_iter(params), |row| {
+                        let stream = stream_from_db(&row.get::<_, String>(8)?)?;
+                        event_from_row(row, stream)
+                    })
+                    .map_err(internal)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)?;
+                let next_from_position = match events.last() {
+                    Some(last) if events.len() >= limit => last.position + 1,
+                    _ => from.max(head + 1),
+                };
+                Ok(LogSlice {
+                    events,
+                    next_from_position,
+                    head_position: head,
+                })
+            })
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<Version, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Delete {
+            stream: stream.clone(),
+            expected,
+            reply,
+        })
+        .await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        Ok(*self.head.borrow())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.commands.as_ref().is_none_or(|c| c.is_closed()) {
+            return Err(StoreError::Unavailable("the writer has stopped".into()));
+        }
+        self.reads
+            .run(|connection| {
+                let version: i64 = connection
+                    .query_row("PRAGMA user_version", [], |row| row.get(0))
+                    .map_err(internal)?;
+                if version as usize == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "schema version {version}, expected {SCHEMA_VERSION}"
+                    )))
+                }
+            })
+            .await
+    }
+}
+
+/// The stream's id and last version, or why it cannot be read.
+fn stream_row(
+    connection: &rusqlite::Connection,
+    stream: &StreamName,
+) -> Result<(i64, Version), StoreError> {
+    let row = connection
+        .prepare_cached("SELECT stream_id, version, deleted FROM streams WHERE name = ?1")
+        .map_err(internal)?
+        .query_row([stream.as_str()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, bool>(2)?,
+            ))
+        })
+        .optional()
+        .map_err(internal)?;
+    match row {
+        None => Err(StoreError::StreamNotFound(stream.clone())),
+        Some((_, _, true)) => Err(StoreError::StreamDeleted(stream.clone())),
+        Some((stream_id, version, false)) => Ok((stream_id, version as Version)),
+    }
+}
+
+/// The smallest string greater than every string starting with `prefix`, when one is
+/// easy to name (ASCII prefixes); the `substr` test keeps the result exact either way.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let last = *prefix.as_bytes().last()?;
+    if !prefix.is_ascii() || last >= 0x7f {
+        return None;
+    }
+    let mut upper = prefix[..prefix.len() - 1].to_owned();
+    upper.push(char::from(last + 1));
+    Some(upper)
+}
