@@ -156,13 +156,15 @@ impl Writer {
             Ok(()) => {
                 self.head = head;
                 let appended = head - head_before;
-                for reply in replies {
-                    reply.send();
-                }
+                // Publish the head before acknowledging, so that anyone told "appended"
+                // also finds the head at or past their events.
                 if appended > 0 {
                     self.head_tx.send_replace(head);
                     metrics::counter!(m::APPENDED_EVENTS).increment(appended);
                     metrics::gauge!(m::HEAD_POSITION).set(head as f64);
+                }
+                for reply in replies {
+                    reply.send();
                 }
             }
             Err(error) => {
