@@ -44,6 +44,14 @@ macro_rules! conformance_suite {
             list_streams_by_prefix_with_paging,
             stream_info_tracks_the_head,
             watch_head_follows_commits,
+            read_event_by_position,
+            group_delivers_acks_and_checkpoints,
+            group_redelivers_after_the_ack_timeout,
+            group_parks_after_max_deliveries_and_replays,
+            group_per_stream_ordering,
+            group_filter_and_long_poll,
+            group_state_survives_reloading,
+            group_lifecycle_errors,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -978,4 +986,321 @@ pub async fn watch_head_follows_commits(store: SharedStore) {
     });
     ok(&store, "w", 1).await;
     assert_eq!(waiter.await.unwrap(), 4);
+}
+
+pub async fn read_event_by_position(store: SharedStore) {
+    ok(&store, "one", 2).await;
+    let event = store
+        .read_event(2)
+        .await
+        .unwrap()
+        .expect("position 2 exists");
+    assert_eq!(
+        (event.position, event.version, event.stream.as_str()),
+        (2, 1, "one")
+    );
+    assert!(store.read_event(3).await.unwrap().is_none());
+}
+
+use std::time::Duration;
+
+use crate::groups::{ConsumerGroups, GroupOrdering, GroupSettings};
+
+fn group_settings(ack_timeout_ms: u64, max_deliveries: u32) -> GroupSettings {
+    GroupSettings {
+        ack_timeout: Duration::from_millis(ack_timeout_ms),
+        max_deliveries,
+        ..GroupSettings::default()
+    }
+}
+
+fn positions_of(deliveries: &[crate::groups::Delivery]) -> Vec<u64> {
+    deliveries.iter().map(|d| d.event.position).collect()
+}
+
+pub async fn group_delivers_acks_and_checkpoints(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    ok(&store, "g", 10).await;
+    let status = groups
+        .put("workers", group_settings(30_000, 5))
+        .await
+        .unwrap();
+    assert_eq!((status.checkpoint, status.lag), (0, 10));
+    let first = groups.claim("workers", 4, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&first), [1, 2, 3, 4]);
+    assert!(first.iter().all(|d| d.attempt == 1));
+    let second = groups.claim("workers", 4, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&second), [5, 6, 7, 8]);
+    // Acks out of order: the checkpoint waits for the first gap.
+    let settled = groups.ack("workers", &[2, 3, 5]).await.unwrap();
+    assert_eq!((settled.settled, settled.ignored), (3, 0));
+    assert_eq!(groups.status("workers").await.unwrap().checkpoint, 0);
+    groups.ack("workers", &[1, 4]).await.unwrap();
+    let status = groups.status("workers").await.unwrap();
+    assert_eq!((status.checkpoint, status.in_flight), (5, 3));
+    // Acking twice, or acking what was never delivered, changes nothing.
+    let settled = groups.ack("workers", &[1, 99]).await.unwrap();
+    assert_eq!((settled.settled, settled.ignored), (0, 2));
+    groups.ack("workers", &[6, 7, 8]).await.unwrap();
+    let rest = groups.claim("workers", 100, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&rest), [9, 10]);
+    groups.ack("workers", &[9, 10]).await.unwrap();
+    let status = groups.status("workers").await.unwrap();
+    assert_eq!(
+        (status.checkpoint, status.lag, status.in_flight),
+        (10, 0, 0)
+    );
+    assert!(
+        groups
+            .claim("workers", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn group_redelivers_after_the_ack_timeout(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    ok(&store, "t", 3).await;
+    groups.put("slow", group_settings(150, 5)).await.unwrap();
+    // A consumer claims everything and dies without answering.
+    assert_eq!(
+        positions_of(&groups.claim("slow", 10, Duration::ZERO).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert!(
+        groups
+            .claim("slow", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another consumer long-polls: the events come back once their timeout passes.
+    let again = groups
+        .claim("slow", 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(positions_of(&again), [1, 2, 3]);
+    assert!(again.iter().all(|d| d.attempt == 2));
+    groups.ack("slow", &[1, 2, 3]).await.unwrap();
+    assert_eq!(groups.status("slow").await.unwrap().checkpoint, 3);
+}
+
+pub async fn group_parks_after_max_deliveries_and_replays(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    ok(&store, "p", 3).await;
+    groups
+        .put("picky", group_settings(30_000, 2))
+        .await
+        .unwrap();
+    let first = groups.claim("picky", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&first), [1, 2, 3]);
+    groups.ack("picky", &[1, 3]).await.unwrap();
+    // Position 2 fails twice: nacked for an immediate retry, then nacked again.
+    let settled = groups.nack("picky", &[2], Duration::ZERO).await.unwrap();
+    assert_eq!((settled.settled, settled.parked), (1, 0));
+    let retry = groups.claim("picky", 10, Duration::ZERO).await.unwrap();
+    assert_eq!((positions_of(&retry), retry[0].attempt), (vec![2], 2));
+    let settled = groups.nack("picky", &[2], Duration::ZERO).await.unwrap();
+    assert_eq!(settled.parked, 1);
+    let status = groups.status("picky").await.unwrap();
+    assert_eq!(
+        (status.checkpoint, status.parked, status.in_flight),
+        (3, 1, 0)
+    );
+    let parked = groups.parked("picky", 0, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].position, parked[0].deliveries), (2, 2));
+    assert!(
+        groups
+            .claim("picky", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Replayed, it is delivered once more and, acknowledged, leaves the parked list.
+    assert_eq!(groups.replay_parked("picky", None).await.unwrap(), 1);
+    let replayed = groups.claim("picky", 10, Duration::ZERO).await.unwrap();
+    assert_eq!((positions_of(&replayed), replayed[0].attempt), (vec![2], 1));
+    groups.ack("picky", &[2]).await.unwrap();
+    assert!(groups.parked("picky", 0, 10).await.unwrap().is_empty());
+    assert_eq!(groups.status("picky").await.unwrap().parked, 0);
+    // A retry delay holds the event back until it passes.
+    ok(&store, "p", 1).await;
+    let fourth = groups.claim("picky", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&fourth), [4]);
+    groups
+        .nack("picky", &[4], Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        groups
+            .claim("picky", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = groups
+        .claim("picky", 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(positions_of(&later), [4]);
+}
+
+pub async fn group_per_stream_ordering(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    // Interleaved: a, b, a, b, a, c
+    for name in ["a", "b", "a", "b", "a", "c"] {
+        ok(&store, name, 1).await;
+    }
+    let settings = GroupSettings {
+        ordering: GroupOrdering::PerStream,
+        ..group_settings(30_000, 5)
+    };
+    groups.put("ordered", settings).await.unwrap();
+    let first = groups.claim("ordered", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        positions_of(&first),
+        [1, 2, 6],
+        "one event per stream in flight"
+    );
+    assert!(
+        groups
+            .claim("ordered", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // b's first event is nacked: b's second must not overtake it.
+    groups.ack("ordered", &[1, 6]).await.unwrap();
+    groups.nack("ordered", &[2], Duration::ZERO).await.unwrap();
+    let second = groups.claim("ordered", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&second), [2, 3]);
+    groups.ack("ordered", &[2, 3]).await.unwrap();
+    let third = groups.claim("ordered", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&third), [4, 5]);
+}
+
+pub async fn group_filter_and_long_poll(store: SharedStore) {
+    let groups = Arc::new(ConsumerGroups::load(Arc::clone(&store)).await.unwrap());
+    ok(&store, "order-1", 1).await;
+    ok(&store, "cart-1", 1).await;
+    let settings = GroupSettings {
+        filter: EventFilter {
+            category: Some("order".into()),
+            ..Default::default()
+        },
+        from_position: 1,
+        ..group_settings(30_000, 5)
+    };
+    groups.put("orders", settings).await.unwrap();
+    assert_eq!(
+        positions_of(&groups.claim("orders", 10, Duration::ZERO).await.unwrap()),
+        [1]
+    );
+    groups.ack("orders", &[1]).await.unwrap();
+    // Nothing more matches; the checkpoint still moves past what did not match.
+    assert!(
+        groups
+            .claim("orders", 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(groups.status("orders").await.unwrap().checkpoint, 2);
+    // A long poll is woken by a matching append.
+    let waiter = {
+        let groups = Arc::clone(&groups);
+        tokio::spawn(async move { groups.claim("orders", 10, Duration::from_secs(10)).await })
+    };
+    ok(&store, "cart-2", 1).await;
+    ok(&store, "order-2", 1).await;
+    let woken = waiter.await.unwrap().unwrap();
+    assert_eq!(positions_of(&woken), [4]);
+    // A group created from a later position starts there.
+    let late = GroupSettings {
+        from_position: 4,
+        ..group_settings(30_000, 5)
+    };
+    assert_eq!(groups.put("late", late).await.unwrap().checkpoint, 3);
+    assert_eq!(
+        positions_of(&groups.claim("late", 10, Duration::ZERO).await.unwrap()),
+        [4]
+    );
+}
+
+pub async fn group_state_survives_reloading(store: SharedStore) {
+    ok(&store, "r", 6).await;
+    {
+        let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+        groups
+            .put("durable", group_settings(30_000, 1))
+            .await
+            .unwrap();
+        let claimed = groups.claim("durable", 4, Duration::ZERO).await.unwrap();
+        assert_eq!(positions_of(&claimed), [1, 2, 3, 4]);
+        groups.ack("durable", &[1, 2, 4]).await.unwrap();
+        // max_deliveries 1: a nack parks at once.
+        groups.nack("durable", &[3], Duration::ZERO).await.unwrap();
+        assert_eq!(groups.status("durable").await.unwrap().checkpoint, 4);
+    }
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    let status = groups.status("durable").await.unwrap();
+    assert_eq!((status.checkpoint, status.parked), (4, 1));
+    assert_eq!(status.settings.max_deliveries, 1);
+    assert_eq!(
+        positions_of(&groups.claim("durable", 10, Duration::ZERO).await.unwrap()),
+        [5, 6]
+    );
+    assert_eq!(
+        groups.parked("durable", 0, 10).await.unwrap()[0].position,
+        3
+    );
+    // A replay in progress is resumed after a reload too.
+    assert_eq!(
+        groups
+            .replay_parked("durable", Some(vec![3]))
+            .await
+            .unwrap(),
+        1
+    );
+    drop(groups);
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    assert_eq!(
+        positions_of(&groups.claim("durable", 10, Duration::ZERO).await.unwrap()),
+        [3, 5, 6]
+    );
+}
+
+pub async fn group_lifecycle_errors(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    let missing = StoreError::GroupNotFound("nope".into());
+    assert_eq!(
+        groups.claim("nope", 1, Duration::ZERO).await.unwrap_err(),
+        missing
+    );
+    assert_eq!(groups.ack("nope", &[1]).await.unwrap_err(), missing);
+    assert_eq!(groups.status("nope").await.unwrap_err(), missing);
+    assert_eq!(groups.delete("nope").await.unwrap_err(), missing);
+    groups.put("temp", group_settings(1000, 3)).await.unwrap();
+    assert_eq!(groups.names().await, ["temp"]);
+    // Updating keeps the checkpoint and takes the new settings.
+    ok(&store, "x", 2).await;
+    let claimed = groups.claim("temp", 1, Duration::ZERO).await.unwrap();
+    groups.ack("temp", &positions_of(&claimed)).await.unwrap();
+    let updated = groups.put("temp", group_settings(2000, 7)).await.unwrap();
+    assert_eq!(
+        (updated.checkpoint, updated.settings.max_deliveries),
+        (1, 7)
+    );
+    groups.delete("temp").await.unwrap();
+    assert!(groups.names().await.is_empty());
+    assert!(
+        ConsumerGroups::load(Arc::clone(&store))
+            .await
+            .unwrap()
+            .names()
+            .await
+            .is_empty()
+    );
 }

@@ -19,7 +19,10 @@ use cairn_core::{
 };
 use uuid::Uuid;
 
+pub use groups::{GroupOrdering, GroupRecord, GroupSettings, ParkedEvent};
+
 pub mod conformance;
+pub mod groups;
 pub mod metrics;
 pub mod sqlite;
 
@@ -163,6 +166,8 @@ pub enum StoreError {
     StreamNotFound(StreamName),
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("consumer group {0} does not exist")]
+    GroupNotFound(String),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -228,4 +233,49 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Ready to serve: storage reachable, migrations done.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// The event at `position`, if there is one.
+    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError>;
+
+    // Consumer groups' durable state. The delivery bookkeeping itself lives in memory
+    // (`groups::ConsumerGroups`); these keep what must survive a restart.
+
+    /// Creates the group at `checkpoint`, or updates its settings and keeps its
+    /// checkpoint. Returns the stored record.
+    async fn save_group(
+        &self,
+        name: &str,
+        settings: &GroupSettings,
+        checkpoint: Position,
+    ) -> Result<GroupRecord, StoreError>;
+
+    /// Removes the group and its parked events; `false` when there was no such group.
+    async fn delete_group(&self, name: &str) -> Result<bool, StoreError>;
+
+    async fn load_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+
+    /// Moves the group's checkpoint forward to `checkpoint` (never backwards).
+    async fn save_checkpoint(&self, name: &str, checkpoint: Position) -> Result<(), StoreError>;
+
+    /// Parks events (or parks them again after a failed replay).
+    async fn park_events(&self, name: &str, events: Vec<ParkedEvent>) -> Result<(), StoreError>;
+
+    /// Marks parked events as being replayed (all of the group's when `positions` is
+    /// `None`) and returns the positions marked.
+    async fn replay_parked(
+        &self,
+        name: &str,
+        positions: Option<Vec<Position>>,
+    ) -> Result<Vec<Position>, StoreError>;
+
+    /// Forgets parked events whose replay was acknowledged.
+    async fn remove_parked(&self, name: &str, positions: Vec<Position>) -> Result<(), StoreError>;
+
+    /// Parked events of the group after `after`, in position order.
+    async fn list_parked(
+        &self,
+        name: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError>;
 }

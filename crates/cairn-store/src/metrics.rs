@@ -16,3 +16,12 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[
 pub const COMMIT_DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Log positions between a consumer group's checkpoint and the head, gauge by group.
+pub const GROUP_LAG: &str = "cairn_group_lag";
+/// Events delivered by a consumer group (first deliveries and redeliveries), by group.
+pub const GROUP_DELIVERIES: &str = "cairn_group_deliveries_total";
+/// Redeliveries (after an ack timeout or a nack), by group.
+pub const GROUP_REDELIVERIES: &str = "cairn_group_redeliveries_total";
+/// Events parked after their last delivery, by group.
+pub const GROUP_PARKED: &str = "cairn_group_parked_total";

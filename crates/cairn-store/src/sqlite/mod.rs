@@ -21,11 +21,12 @@ use self::read::{
 };
 pub use self::schema::SCHEMA_VERSION;
 use self::schema::{internal, migrate, open_writer};
-use self::writer::{Command, Writer};
+use self::writer::{Command, WriteWork, Writer};
 use crate::{
-    AppendOutcome, AppendRequest, Direction, EventStore, LogSlice, StoreError, StreamInfo,
-    StreamPage, StreamSlice,
+    AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LogSlice,
+    ParkedEvent, StoreError, StreamInfo, StreamPage, StreamSlice,
 };
+use cairn_core::RecordedEvent;
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "events.db";
@@ -122,6 +123,15 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `work` on the writer, inside its next group-commit transaction.
+    async fn write(&self, work: WriteWork) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write { work, reply }).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
     }
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
@@ -378,6 +388,222 @@ impl EventStore for SqliteStore {
                         "schema version {version}, expected {SCHEMA_VERSION}"
                     )))
                 }
+            })
+            .await
+    }
+
+    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        self.reads
+            .run(move |connection| {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS}, s.name FROM events e JOIN streams s ON s.stream_id = e.stream_id
+                     WHERE e.position = ?1"
+                );
+                connection
+                    .prepare_cached(&sql)
+                    .map_err(internal)?
+                    .query_row([i64::try_from(position).unwrap_or(i64::MAX)], |row| {
+                        let stream = stream_from_db(&row.get::<_, String>(8)?)?;
+                        event_from_row(row, stream)
+                    })
+                    .optional()
+                    .map_err(internal)
+            })
+            .await
+    }
+
+    async fn save_group(
+        &self,
+        name: &str,
+        settings: &GroupSettings,
+        checkpoint: Position,
+    ) -> Result<GroupRecord, StoreError> {
+        let (owned_name, stored) = (name.to_owned(), settings.to_stored());
+        self.write(Box::new(move |connection, now| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO consumer_groups (name, settings, checkpoint, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+                )
+                .and_then(|mut s| s.execute(params![owned_name, stored, checkpoint as i64, now]))
+                .map(drop)
+                .map_err(internal)
+        }))
+        .await?;
+        self.load_groups()
+            .await?
+            .into_iter()
+            .find(|record| record.name == name)
+            .ok_or_else(|| StoreError::Internal(format!("group {name} vanished after saving")))
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        let (found_tx, found_rx) = std::sync::mpsc::channel();
+        self.write(Box::new(move |connection, _| {
+            let removed = connection
+                .execute("DELETE FROM consumer_groups WHERE name = ?1", [&name])
+                .map_err(internal)?;
+            connection
+                .execute("DELETE FROM parked_events WHERE group_name = ?1", [&name])
+                .map_err(internal)?;
+            let _ = found_tx.send(removed > 0);
+            Ok(())
+        }))
+        .await?;
+        Ok(found_rx.try_recv().unwrap_or(false))
+    }
+
+    async fn load_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.reads
+            .run(|connection| {
+                let rows = connection
+                    .prepare_cached(
+                        "SELECT name, settings, checkpoint, created_at, updated_at FROM consumer_groups ORDER BY name",
+                    )
+                    .map_err(internal)?
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, i64>(4)?,
+                        ))
+                    })
+                    .map_err(internal)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)?;
+                rows.into_iter()
+                    .map(|(name, settings, checkpoint, created_at, updated_at)| {
+                        Ok(GroupRecord {
+                            name,
+                            settings: GroupSettings::from_stored(&settings)?,
+                            checkpoint: checkpoint as Position,
+                            created_at,
+                            updated_at,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn save_checkpoint(&self, name: &str, checkpoint: Position) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(Box::new(move |connection, now| {
+            connection
+                .prepare_cached(
+                    "UPDATE consumer_groups SET checkpoint = MAX(checkpoint, ?2), updated_at = ?3 WHERE name = ?1",
+                )
+                .and_then(|mut s| s.execute(params![name, checkpoint as i64, now]))
+                .map(drop)
+                .map_err(internal)
+        }))
+        .await
+    }
+
+    async fn park_events(&self, name: &str, events: Vec<ParkedEvent>) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(Box::new(move |connection, _| {
+            let mut statement = connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO parked_events (group_name, position, deliveries, reason, parked_at, replaying)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                )
+                .map_err(internal)?;
+            for event in events {
+                statement
+                    .execute(params![name, event.position as i64, event.deliveries, event.reason, event.parked_at])
+                    .map_err(internal)?;
+            }
+            Ok(())
+        }))
+        .await
+    }
+
+    async fn replay_parked(
+        &self,
+        name: &str,
+        positions: Option<Vec<Position>>,
+    ) -> Result<Vec<Position>, StoreError> {
+        let name = name.to_owned();
+        let (marked_tx, marked_rx) = std::sync::mpsc::channel();
+        self.write(Box::new(move |connection, _| {
+            let candidates: Vec<i64> = match positions {
+                Some(positions) => positions.into_iter().map(|p| p as i64).collect(),
+                None => connection
+                    .prepare_cached(
+                        "SELECT position FROM parked_events WHERE group_name = ?1 AND replaying = 0 ORDER BY position",
+                    )
+                    .and_then(|mut s| s.query_map([&name], |row| row.get(0))?.collect())
+                    .map_err(internal)?,
+            };
+            let mut mark = connection
+                .prepare_cached(
+                    "UPDATE parked_events SET replaying = 1 WHERE group_name = ?1 AND position = ?2 AND replaying = 0",
+                )
+                .map_err(internal)?;
+            let mut marked = Vec::new();
+            for position in candidates {
+                if mark.execute(params![name, position]).map_err(internal)? > 0 {
+                    marked.push(position as Position);
+                }
+            }
+            let _ = marked_tx.send(marked);
+            Ok(())
+        }))
+        .await?;
+        Ok(marked_rx.try_recv().unwrap_or_default())
+    }
+
+    async fn remove_parked(&self, name: &str, positions: Vec<Position>) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(Box::new(move |connection, _| {
+            let mut statement = connection
+                .prepare_cached("DELETE FROM parked_events WHERE group_name = ?1 AND position = ?2")
+                .map_err(internal)?;
+            for position in positions {
+                statement
+                    .execute(params![name, position as i64])
+                    .map_err(internal)?;
+            }
+            Ok(())
+        }))
+        .await
+    }
+
+    async fn list_parked(
+        &self,
+        name: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        let name = name.to_owned();
+        self.reads
+            .run(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT position, deliveries, reason, parked_at, replaying FROM parked_events
+                         WHERE group_name = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
+                    )
+                    .map_err(internal)?
+                    .query_map(
+                        params![name, i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX)],
+                        |row| {
+                            Ok(ParkedEvent {
+                                position: row.get::<_, i64>(0)? as Position,
+                                deliveries: row.get(1)?,
+                                reason: row.get(2)?,
+                                parked_at: row.get(3)?,
+                                replaying: row.get(4)?,
+                            })
+                        },
+                    )
+                    .map_err(internal)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)
             })
             .await
     }

@@ -33,7 +33,16 @@ pub(crate) enum Command {
         expected: ExpectedVersion,
         reply: oneshot::Sender<Result<Version, StoreError>>,
     },
+    /// Any other write (consumer-group state), committed with the batch.
+    Write {
+        work: WriteWork,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
+
+/// A write run by the writer inside the batch's transaction, in its own savepoint;
+/// it gets the batch's timestamp.
+pub(crate) type WriteWork = Box<dyn FnOnce(&Connection, i64) -> Result<(), StoreError> + Send>;
 
 enum Reply {
     Append(
@@ -44,6 +53,10 @@ enum Reply {
         oneshot::Sender<Result<Version, StoreError>>,
         Result<Version, StoreError>,
     ),
+    Write(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
 }
 
 impl Reply {
@@ -51,6 +64,7 @@ impl Reply {
         match self {
             Reply::Append(reply, Ok(_)) => Reply::Append(reply, Err(error.clone())),
             Reply::Delete(reply, Ok(_)) => Reply::Delete(reply, Err(error.clone())),
+            Reply::Write(reply, Ok(())) => Reply::Write(reply, Err(error.clone())),
             other => other,
         }
     }
@@ -60,6 +74,7 @@ impl Reply {
         match self {
             Reply::Append(reply, result) => drop(reply.send(result)),
             Reply::Delete(reply, result) => drop(reply.send(result)),
+            Reply::Write(reply, result) => drop(reply.send(result)),
         }
     }
 }
@@ -139,6 +154,11 @@ impl Writer {
                         let result = delete(&savepoint, &stream, expected);
                         let ok = result.is_ok();
                         (Reply::Delete(reply, result), ok)
+                    }
+                    Command::Write { work, reply } => {
+                        let result = work(&savepoint, now);
+                        let ok = result.is_ok();
+                        (Reply::Write(reply, result), ok)
                     }
                 };
                 if ok {

@@ -118,3 +118,104 @@ proptest! {
         })?;
     }
 }
+
+mod per_stream_ordering {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use cairn_core::ExpectedVersion;
+    use cairn_store::AppendRequest;
+    use cairn_store::conformance::{event, stream};
+    use cairn_store::groups::{ConsumerGroups, GroupOrdering, GroupSettings};
+    use proptest::prelude::*;
+
+    /// Per stream: the version in flight, and the next version that may be delivered.
+    type Tracking = Arc<Mutex<HashMap<String, (Option<u64>, u64)>>>;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+        /// Eight workers claim, ack and nack at random; no two events of one stream are
+        /// ever in flight together, each stream is delivered in version order, and every
+        /// event is acknowledged in the end.
+        #[test]
+        fn never_violated_under_eight_workers(
+            streams in prop::collection::vec(0usize..5, 10..60),
+            seed in any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (store, _guard) = crate::new_store().await;
+                for s in &streams {
+                    let request = AppendRequest::single(stream(&format!("s-{s}")), ExpectedVersion::Any, vec![event("E", "{}")]);
+                    store.append(request).await.unwrap();
+                }
+                let groups = Arc::new(ConsumerGroups::load(store.clone()).await.unwrap());
+                let settings = GroupSettings {
+                    ordering: GroupOrdering::PerStream,
+                    max_deliveries: 1000,
+                    ..GroupSettings::default()
+                };
+                groups.put("ordered", settings).await.unwrap();
+                let tracking: Tracking = Arc::default();
+                let total = streams.len();
+                let acked = Arc::new(Mutex::new(0usize));
+                let mut workers = Vec::new();
+                for worker in 0..8u64 {
+                    let (groups, tracking, acked) = (Arc::clone(&groups), Arc::clone(&tracking), Arc::clone(&acked));
+                    workers.push(tokio::spawn(async move {
+                        let mut random = seed ^ (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        let mut next = move || {
+                            random ^= random << 13;
+                            random ^= random >> 7;
+                            random ^= random << 17;
+                            random
+                        };
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                        while *acked.lock().unwrap() < total {
+                            assert!(tokio::time::Instant::now() < deadline, "workers did not finish");
+                            let max = (next() % 4 + 1) as usize;
+                            let deliveries = groups.claim("ordered", max, Duration::from_millis(20)).await.unwrap();
+                            for delivery in deliveries {
+                                let name = delivery.event.stream.to_string();
+                                let version = delivery.event.version;
+                                {
+                                    let mut tracking = tracking.lock().unwrap();
+                                    let entry = tracking.entry(name.clone()).or_insert((None, 0));
+                                    assert_eq!(entry.0, None, "two events of {name} in flight");
+                                    assert_eq!(version, entry.1, "{name} delivered out of order");
+                                    entry.0 = Some(version);
+                                }
+                                tokio::task::yield_now().await;
+                                let ack = next() % 5 != 0;
+                                {
+                                    let mut tracking = tracking.lock().unwrap();
+                                    let entry = tracking.get_mut(&name).unwrap();
+                                    entry.0 = None;
+                                    if ack {
+                                        entry.1 = version + 1;
+                                    }
+                                }
+                                let position = [delivery.event.position];
+                                if ack {
+                                    groups.ack("ordered", &position).await.unwrap();
+                                    *acked.lock().unwrap() += 1;
+                                } else {
+                                    groups.nack("ordered", &position, Duration::ZERO).await.unwrap();
+                                }
+                            }
+                        }
+                    }));
+                }
+                for worker in workers {
+                    worker.await.unwrap();
+                }
+                let status = groups.status("ordered").await.unwrap();
+                prop_assert_eq!(status.checkpoint, total as u64);
+                prop_assert_eq!(status.in_flight, 0);
+                Ok(())
+            })?;
+        }
+    }
+}
