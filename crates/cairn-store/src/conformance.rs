@@ -52,6 +52,9 @@ macro_rules! conformance_suite {
             group_filter_and_long_poll,
             group_state_survives_reloading,
             group_lifecycle_errors,
+            tail_catches_up_then_follows_live_writers,
+            tail_recovers_from_lagging_and_large_commits,
+            tail_filters,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -1303,4 +1306,102 @@ pub async fn group_lifecycle_errors(store: SharedStore) {
             .await
             .is_empty()
     );
+}
+
+use crate::tail::LogTail;
+
+async fn collect_tail(tail: &mut LogTail, count: usize) -> Vec<cairn_core::RecordedEvent> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(20), tail.next_batch())
+            .await
+            .expect("the tail kept up")
+            .unwrap();
+        assert!(!batch.is_empty());
+        seen.extend(batch);
+    }
+    seen
+}
+
+pub async fn tail_catches_up_then_follows_live_writers(store: SharedStore) {
+    ok(&store, "before", 30).await;
+    let mut tail = LogTail::new(Arc::clone(&store), 1, EventFilter::default());
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for round in 0..50 {
+                    ok(
+                        &store,
+                        &format!("live{writer}-{}", round % 3),
+                        1 + round % 2,
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    // 30 before, then 4 writers x (25 x 1 + 25 x 2) events.
+    let total = 30 + 4 * 75;
+    let seen = collect_tail(&mut tail, total).await;
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
+    assert_eq!(
+        positions,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    assert_eq!(tail.position(), total as u64 + 1);
+    let (from_log, from_live) = tail.sources();
+    assert!(
+        from_log >= 30 && from_live > 0,
+        "caught up from the log, then live: {from_log} {from_live}"
+    );
+    // Live events carry everything a read from the log does.
+    let from_log = store
+        .read_all(1, &EventFilter::default(), 1000)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(seen, from_log);
+}
+
+pub async fn tail_recovers_from_lagging_and_large_commits(store: SharedStore) {
+    let mut tail = LogTail::new(Arc::clone(&store), 1, EventFilter::default());
+    // More commits than the live feed keeps, while the tail does not read.
+    for _ in 0..100 {
+        ok(&store, "lagging", 1).await;
+    }
+    // And one commit too large for the feed.
+    ok(&store, "large", 1500).await;
+    ok(&store, "after", 1).await;
+    let seen = collect_tail(&mut tail, 1601).await;
+    let positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=1601).collect::<Vec<_>>());
+}
+
+pub async fn tail_filters(store: SharedStore) {
+    let filter = EventFilter {
+        category: Some("order".into()),
+        ..Default::default()
+    };
+    ok(&store, "order-1", 1).await;
+    ok(&store, "cart-1", 1).await;
+    let mut tail = LogTail::new(Arc::clone(&store), 1, filter);
+    let first = collect_tail(&mut tail, 1).await;
+    assert_eq!(first[0].position, 1);
+    ok(&store, "cart-2", 2).await;
+    ok(&store, "order-2", 1).await;
+    let second = collect_tail(&mut tail, 1).await;
+    assert_eq!(
+        (second.len(), second[0].position, second[0].stream.as_str()),
+        (1, 5, "order-2")
+    );
+    let quiet = tail
+        .next_batch_within(Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(quiet.is_empty());
 }

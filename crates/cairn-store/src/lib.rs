@@ -25,6 +25,10 @@ pub mod conformance;
 pub mod groups;
 pub mod metrics;
 pub mod sqlite;
+pub mod tail;
+
+/// Events of one commit, contiguous in position, as published to live readers.
+pub type LiveBatch = Arc<[RecordedEvent]>;
 
 /// A store shared across the server.
 pub type SharedStore = Arc<dyn EventStore>;
@@ -230,6 +234,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// A watch on the last committed position, updated right after every commit: the
     /// way live readers learn of new events without polling.
     fn watch_head(&self) -> tokio::sync::watch::Receiver<Position>;
+
+    /// Committed events pushed to live readers, one message per commit. A commit may be
+    /// left out (too large, or nobody listening when it committed) and a slow receiver
+    /// may lag: readers must check positions and read the gaps from the log, as
+    /// [`tail::LogTail`] does.
+    fn live_events(&self) -> tokio::sync::broadcast::Receiver<LiveBatch>;
 
     /// Ready to serve: storage reachable, migrations done.
     async fn ready(&self) -> Result<(), StoreError>;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use cairn_core::{EventFilter, ExpectedVersion, Position, StreamName, Version};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use self::read::{
     EVENT_COLUMNS, ReadPool, event_from_row, filter_sql, head_position, stream_from_db,
@@ -23,14 +23,16 @@ pub use self::schema::SCHEMA_VERSION;
 use self::schema::{internal, migrate, open_writer};
 use self::writer::{Command, WriteWork, Writer};
 use crate::{
-    AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LogSlice,
-    ParkedEvent, StoreError, StreamInfo, StreamPage, StreamSlice,
+    AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LiveBatch,
+    LogSlice, ParkedEvent, StoreError, StreamInfo, StreamPage, StreamSlice,
 };
 use cairn_core::RecordedEvent;
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "events.db";
 const LOCK_FILE: &str = "cairn.lock";
+/// Commits kept for live readers that fall behind; past it they read from the file.
+const LIVE_FEED_CAPACITY: usize = 64;
 
 /// How to open the embedded store.
 #[derive(Debug, Clone)]
@@ -64,6 +66,7 @@ pub struct SqliteStore {
     commands: Option<mpsc::Sender<Command>>,
     reads: ReadPool,
     head: watch::Receiver<Position>,
+    live: broadcast::Sender<LiveBatch>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
     // Held for the store's lifetime: a second Cairn on the same data directory is
@@ -97,6 +100,7 @@ impl SqliteStore {
 
         let (head_tx, head_rx) = watch::channel(head);
         let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
+        let (live_tx, _) = broadcast::channel(LIVE_FEED_CAPACITY);
         let writer = Writer {
             connection,
             head,
@@ -104,6 +108,7 @@ impl SqliteStore {
             idempotency_window: options.idempotency_window,
             max_batch_requests: options.max_batch_requests,
             head_tx,
+            live_tx: live_tx.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())
@@ -114,6 +119,7 @@ impl SqliteStore {
             commands: Some(commands_tx),
             reads,
             head: head_rx,
+            live: live_tx,
             writer: Some(writer),
             path,
             _lock: lock,
@@ -370,6 +376,10 @@ impl EventStore for SqliteStore {
 
     fn watch_head(&self) -> watch::Receiver<Position> {
         self.head.clone()
+    }
+
+    fn live_events(&self) -> broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

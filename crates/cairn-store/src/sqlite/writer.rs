@@ -13,14 +13,18 @@ use cairn_core::{
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+
+use cairn_core::RecordedEvent;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::read::filter_sql;
 use super::schema::internal;
 use crate::metrics as m;
 use crate::{
-    AppendOutcome, AppendRequest, AppendResult, IdempotencyClaim, StoreError, StreamAppendResult,
+    AppendOutcome, AppendRequest, AppendResult, IdempotencyClaim, LiveBatch, StoreError,
+    StreamAppendResult,
 };
 
 pub(crate) enum Command {
@@ -86,6 +90,37 @@ pub(crate) struct Writer {
     pub(crate) idempotency_window: Duration,
     pub(crate) max_batch_requests: usize,
     pub(crate) head_tx: watch::Sender<Position>,
+    pub(crate) live_tx: broadcast::Sender<LiveBatch>,
+}
+
+/// The most events one commit publishes to live readers.
+const LIVE_BATCH_MAX: usize = 1024;
+
+/// The events of an append, as recorded, for live readers.
+fn collect_live(
+    out: &mut Vec<RecordedEvent>,
+    request: &AppendRequest,
+    result: &AppendResult,
+    now: i64,
+) {
+    let mut next_version: Vec<Version> = result.streams.iter().map(|s| s.first_version).collect();
+    for (offset, (target, event)) in request.events.iter().enumerate() {
+        let Some(version) = next_version.get_mut(*target) else {
+            return;
+        };
+        out.push(RecordedEvent {
+            id: event.id,
+            stream: request.targets[*target].stream.clone(),
+            event_type: event.event_type.clone(),
+            version: *version,
+            position: result.first_position + offset as Position,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+            tags: event.tags.clone(),
+            recorded_at: now,
+        });
+        *version += 1;
+    }
 }
 
 /// How often expired idempotency keys are swept away.
@@ -132,6 +167,10 @@ impl Writer {
         let window_start = self.window_start(now);
         let mut replies = Vec::with_capacity(requests);
         let mut head = self.head;
+        // Committed events for live readers, only when someone listens and the batch
+        // is small enough to keep in memory; otherwise readers catch up from the file.
+        let mut live: Option<Vec<RecordedEvent>> =
+            (self.live_tx.receiver_count() > 0).then(Vec::new);
 
         let outcome = (|| -> rusqlite::Result<()> {
             let mut transaction = self
@@ -144,6 +183,18 @@ impl Writer {
                     Command::Append { request, reply } => {
                         let result = append(&savepoint, &mut head, now, window_start, &request);
                         let ok = result.is_ok();
+                        if let (Ok(AppendOutcome::Committed(result)), Some(events)) =
+                            (&result, &mut live)
+                        {
+                            let written = head - head_at_start;
+                            if written == 0 {
+                                // Re-sent events: nothing new to tell.
+                            } else if events.len() + request.events.len() > LIVE_BATCH_MAX {
+                                live = None;
+                            } else {
+                                collect_live(events, &request, result, now);
+                            }
+                        }
                         (Reply::Append(reply, result), ok)
                     }
                     Command::Delete {
@@ -179,6 +230,10 @@ impl Writer {
                 // Publish the head before acknowledging, so that anyone told "appended"
                 // also finds the head at or past their events.
                 if appended > 0 {
+                    if let Some(events) = live.filter(|events| !events.is_empty()) {
+                        // No receiver left is fine: nobody is waiting.
+                        let _ = self.live_tx.send(Arc::from(events));
+                    }
                     self.head_tx.send_replace(head);
                     metrics::counter!(m::APPENDED_EVENTS).increment(appended);
                     metrics::gauge!(m::HEAD_POSITION).set(head as f64);
