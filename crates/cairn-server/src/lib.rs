@@ -9,6 +9,17 @@ use std::time::Duration;
 
 use cairn_store::SharedStore;
 
+mod append;
+mod encode;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+
+pub use error::ApiError;
+
 /// Limits on what one request may carry.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -45,11 +56,21 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
-/// The whole HTTP application; tests drive it in-process with `oneshot`.
+impl AppState {
+    pub fn new(store: SharedStore, limits: Limits, request_timeout: Duration) -> Self {
+        Self {
+            store,
+            limits: Arc::new(limits),
+            request_timeout,
+        }
+    }
+}
+
+/// The whole HTTP application; tests drive it in-process with `oneshot`. Installs the
+/// process's Prometheus recorder on first use.
 pub fn app(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/health/live", axum::routing::get(|| async { "ok" }))
-        .with_state(state)
+    metrics::install();
+    routes::router(state)
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then drains in-flight
@@ -59,6 +80,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(target: "cairn::http", %error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,0 +1,157 @@
+//! Every metric this crate records, declared in one place, and the process-wide
+//! Prometheus recorder that `/metrics` renders.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter `{method, route, status}`: HTTP requests answered.
+pub const HTTP_REQUESTS_TOTAL: &str = "cairn_http_requests_total";
+/// Histogram `{method, route}`: seconds from request to response head.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "cairn_http_request_duration_seconds";
+
+// The store's histograms (`cairn_store::metrics`) get their buckets here, where the
+// recorder is built.
+use cairn_store::metrics::{
+    BATCH_SIZE_BUCKETS, COMMIT_DURATION_BUCKETS, COMMIT_DURATION_SECONDS, GROUP_COMMIT_BATCH_SIZE,
+};
+
+/// The `route` label of a request that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How often histogram samples are folded in when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once; later calls return the same
+/// handle). If another recorder was installed first, metrics go there and `/metrics`
+/// renders an empty document.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        if let Err(error) = metrics::set_global_recorder(recorder) {
+            tracing::warn!(target: "cairn::http", %error, "a metrics recorder was already installed; /metrics will be empty");
+        } else {
+            describe();
+        }
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cairn-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(target: "cairn::http", %error, "could not start the metrics upkeep thread");
+        }
+        handle
+    })
+}
+
+/// Every histogram renders as a Prometheus histogram (not a summary): latency buckets
+/// by default, and their own buckets for batch sizes and commit latencies.
+fn builder() -> PrometheusBuilder {
+    let with_buckets = || -> Result<PrometheusBuilder, BuildError> {
+        PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)?
+            .set_buckets_for_metric(
+                Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()),
+                LATENCY_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(COMMIT_DURATION_SECONDS.to_owned()),
+                COMMIT_DURATION_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(GROUP_COMMIT_BATCH_SIZE.to_owned()),
+                BATCH_SIZE_BUCKETS,
+            )
+    };
+    // Only empty bucket lists are refused, and these are constants.
+    with_buckets().unwrap_or_else(|error| {
+        tracing::warn!(target: "cairn::http", %error, "histogram buckets refused");
+        PrometheusBuilder::new()
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests answered, by method, route template and status."
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from request to response head, by method and route template."
+    );
+}
+
+/// The prometheus text of every metric recorded so far.
+pub fn render() -> String {
+    install().render()
+}
+
+/// Records one answered request. `route` is a route template, never a raw path.
+pub fn record_request(
+    method: &http::Method,
+    route: Cow<'static, str>,
+    status: http::StatusCode,
+    elapsed: Duration,
+) {
+    let method = method_label(method);
+    metrics::counter!(
+        HTTP_REQUESTS_TOTAL,
+        "method" => method,
+        "route" => route.clone(),
+        "status" => status_label(status),
+    )
+    .increment(1);
+    metrics::histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        "method" => method,
+        "route" => route,
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn status_label(status: http::StatusCode) -> Cow<'static, str> {
+    Cow::Borrowed(match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        422 => "422",
+        500 => "500",
+        503 => "503",
+        other => return Cow::Owned(other.to_string()),
+    })
+}

@@ -1,0 +1,196 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` attributes
+//! and the `cairn-api` types, then adjusted to this server's configured limits.
+
+use std::collections::BTreeMap;
+
+use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, SchemaType};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
+
+use crate::Limits;
+use crate::routes::{events, ops, streams};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn",
+        description = "Cairn's HTTP API v1: append-only event streams with optimistic concurrency and a gapless global log.\n\nErrors always look like `{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", …details}}`. An unknown path answers 404 `not_found`; a known path with another method answers 405 `method_not_allowed`.",
+    ),
+    paths(
+        streams::append_to_stream,
+        streams::read_stream,
+        streams::stream_info,
+        streams::delete_stream,
+        streams::list_streams,
+        events::append_to_streams,
+        events::read_all,
+        ops::live,
+        ops::ready,
+        ops::metrics,
+        ops::openapi_json,
+    ),
+    components(schemas(
+        cairn_api::ErrorBody,
+        cairn_api::ApiError,
+        cairn_api::ErrorCode,
+        cairn_api::ExpectedVersion,
+        cairn_api::EventInput,
+        cairn_api::AppendRequest,
+        cairn_api::AppendResponse,
+        cairn_api::MultiEventInput,
+        cairn_api::EventQuery,
+        cairn_api::AppendCondition,
+        cairn_api::MultiAppendRequest,
+        cairn_api::MultiAppendResponse,
+        cairn_api::Event,
+        cairn_api::ReadStreamResponse,
+        cairn_api::StreamInfo,
+        cairn_api::StreamList,
+        cairn_api::ReadAllResponse,
+        cairn_api::Health,
+        ReadDirection,
+    )),
+    tags(
+        (name = "streams", description = "Append to and read single streams."),
+        (name = "events", description = "Multi-stream appends and the global log."),
+        (name = "operations", description = "Health, metrics and this document."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The direction of a stream read (documentation only; the query parser is in
+/// `extract`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ReadDirection {
+    Forward,
+    Backward,
+}
+
+/// The 500 and 503 every route can answer: an unexpected failure (or a panic), or an
+/// unavailable store / a request over its time limit.
+pub struct ServerErrors;
+
+impl utoipa::IntoResponses for ServerErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let error_body = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build()
+        };
+        let internal = ResponseBuilder::new()
+            .description("`internal`: an unexpected failure; the body says nothing more.")
+            .content("application/json", error_body())
+            .build();
+        let unavailable = ResponseBuilder::new()
+            .description(
+                "`unavailable`: storage is unavailable or the request took too long. \
+                 Retry after `Retry-After` seconds.",
+            )
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(Some(
+                        ObjectBuilder::new().schema_type(utoipa::openapi::Type::Integer),
+                    ))
+                    .description(Some("Seconds to wait before retrying."))
+                    .build(),
+            )
+            .content("application/json", error_body())
+            .build();
+        BTreeMap::from([
+            ("500".to_owned(), internal.into()),
+            ("503".to_owned(), unavailable.into()),
+        ])
+    }
+}
+
+/// The document for a server with these limits: the generated one, with the checks
+/// the handlers make (lengths, counts, limits) written into the schemas, so that a
+/// client generated from it sends what the server accepts.
+pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    for item in document.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            set_limit_maximum(operation, limits.max_read_limit);
+        }
+    }
+    let Some(components) = document.components.as_mut() else {
+        return document;
+    };
+    let schemas = &mut components.schemas;
+    for name in ["Event", "EventInput", "MultiEventInput"] {
+        // `data` is any JSON value, not only an object.
+        if let Some(data) = property(schemas, name, "data") {
+            *data = ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .description(Some("Any JSON value."))
+                .into();
+        }
+    }
+    for name in ["EventInput", "MultiEventInput"] {
+        if let Some(RefOr::T(Schema::Object(event_type))) = property(schemas, name, "type") {
+            event_type.min_length = Some(1);
+            event_type.max_length = Some(MAX_TYPE_LEN);
+        }
+        if let Some(RefOr::T(Schema::Array(tags))) = property(schemas, name, "tags") {
+            tags.max_items = Some(MAX_TAGS);
+            if let ArrayItems::RefOrSchema(item) = &mut tags.items
+                && let RefOr::T(Schema::Object(tag)) = item.as_mut()
+            {
+                tag.min_length = Some(1);
+                tag.max_length = Some(MAX_TAG_LEN);
+            }
+        }
+    }
+    if let Some(RefOr::T(Schema::Object(stream))) = property(schemas, "MultiEventInput", "stream") {
+        stream.pattern = Some(STREAM_NAME_PATTERN.to_owned());
+    }
+    for name in ["AppendRequest", "MultiAppendRequest"] {
+        if let Some(RefOr::T(Schema::Array(events))) = property(schemas, name, "events") {
+            events.min_items = Some(1);
+            events.max_items = Some(limits.max_events_per_request);
+        }
+    }
+    document
+}
+
+/// What `cairn_core::EventType::validate` and `Tag::validate_all` accept (the crate
+/// keeps these private; a test checks they agree).
+pub const MAX_TYPE_LEN: usize = 200;
+pub const MAX_TAG_LEN: usize = 200;
+pub const MAX_TAGS: usize = 32;
+
+/// What `cairn_core::StreamName::parse` accepts.
+pub const STREAM_NAME_PATTERN: &str = r"^[A-Za-z0-9_.:@-]{1,200}$";
+
+fn property<'a>(
+    schemas: &'a mut BTreeMap<String, RefOr<Schema>>,
+    schema: &str,
+    property: &str,
+) -> Option<&'a mut RefOr<Schema>> {
+    match schemas.get_mut(schema) {
+        Some(RefOr::T(Schema::Object(object))) => object.properties.get_mut(property),
+        _ => None,
+    }
+}
+
+/// The document as JSON bytes, built once per application.
+pub fn document_json(limits: &Limits) -> Vec<u8> {
+    serde_json::to_vec(&document(limits)).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+fn set_limit_maximum(operation: &mut Operation, max: usize) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if let RefOr::T(parameter) = parameter
+            && parameter.name == "limit"
+            && let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
+        {
+            schema.maximum = Some(max.into());
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Cairn's HTTP API, tested in-process through `app(state)` and `oneshot`, against the
+//! real embedded store in a temporary directory.
+
+mod append;
+mod malformed;
+mod ops;
+mod props;
+mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use cairn_server::{AppState, Limits, app};
+use cairn_store::SharedStore;
+use cairn_store::sqlite::{SqliteOptions, SqliteStore};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// One server with its own store in a temporary directory.
+pub struct Server {
+    app: Router,
+    store: SharedStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::with(Limits::default(), Duration::from_secs(30))
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::with(limits, Duration::from_secs(30))
+    }
+
+    pub fn with(limits: Limits, request_timeout: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store: SharedStore =
+            Arc::new(SqliteStore::open(SqliteOptions::new(dir.path())).expect("open the store"));
+        let state = AppState::new(store.clone(), limits, request_timeout);
+        Self {
+            app: app(state),
+            store,
+            _dir: dir,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router never fails");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read the response body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(body.into()).expect("a valid request"))
+            .await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.call("GET", uri, &[], Body::empty()).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Reply {
+        self.call("DELETE", uri, &[], Body::empty()).await
+    }
+
+    pub async fn post(&self, uri: &str, body: impl Into<Body>) -> Reply {
+        self.call("POST", uri, &[("content-type", "application/json")], body)
+            .await
+    }
+
+    pub async fn post_json(&self, uri: &str, body: &Value) -> Reply {
+        self.post(uri, body.to_string()).await
+    }
+
+    /// Appends `events` (each `{"type", "data", ...}`) to `stream`.
+    pub async fn append(&self, stream: &str, events: Value) -> Reply {
+        self.post_json(
+            &format!("/v1/streams/{stream}/events"),
+            &json!({ "events": events }),
+        )
+        .await
+    }
+
+    /// Appends `count` events of type `type` to `stream`; panics unless 201.
+    pub async fn append_n(&self, stream: &str, event_type: &str, count: usize) -> Value {
+        let events: Vec<Value> = (0..count)
+            .map(|index| json!({"type": event_type, "data": {"n": index}}))
+            .collect();
+        let reply = self.append(stream, Value::Array(events)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()
+    }
+
+    /// The last committed position, straight from the store.
+    pub async fn head(&self) -> u64 {
+        self.store.head_position().await.expect("head position")
+    }
+
+    /// The server still takes appends and answers reads.
+    pub async fn assert_still_serving(&self) {
+        let before = self.head().await;
+        let reply = self
+            .append("still-serving", json!([{"type": "Ping", "data": null}]))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        assert_eq!(self.head().await, before + 1);
+        assert_eq!(self.get("/health/live").await.status, StatusCode::OK);
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// Checks the status, the JSON error shape and its code; returns the error object.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{}",
+            self.text()
+        );
+        let body: cairn_api::ErrorBody = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not an error body ({error}): {}", self.text()));
+        assert_eq!(body.error.code.as_str(), code, "{}", self.text());
+        assert!(!body.error.message.is_empty());
+        self.json()["error"].clone()
+    }
+}
+
+/// A valid W3C trace context.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -1,0 +1,334 @@
+//! The command line, as clap sees it. Every flag's help says its default and its
+//! `CAIRN_*` variable; settings are validated in [`crate::settings`].
+
+use std::path::PathBuf;
+
+use cairn_client::ExpectedVersion;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  cairn serve --data-dir /var/lib/cairn
+  cairn append order-17 --type OrderPlaced --data '{\"total\": 42}'
+  cairn read order-17
+  cairn read --all --category order --follow-pages
+  cairn streams --prefix order-
+  cairn bench append-batch --clients 8 --duration 30s";
+
+const SERVE_EXAMPLES: &str = "\
+Settings come from flags, then CAIRN_* environment variables, then the --config file,
+then the defaults, in that order of precedence. See cairn.example.toml for every key.
+
+Examples:
+  cairn serve
+  cairn serve --listen 0.0.0.0:7171 --data-dir /var/lib/cairn --log-format json
+  CAIRN_REQUEST_TIMEOUT=10s cairn serve --config /etc/cairn/cairn.toml
+  cairn serve --config cairn.toml --print-config";
+
+const APPEND_EXAMPLES: &str = "\
+Examples:
+  cairn append order-17 --type OrderPlaced --data '{\"total\": 42}' --tag customer:7
+  cairn append order-17 --type OrderShipped --data '{}' --expected-version 0
+  cairn append order-17 --file events.jsonl
+  generate-events | cairn append order-17 --file -
+
+A JSON Lines file holds one event a line: {\"type\", \"data\", \"metadata\"?, \"tags\"?, \"id\"?}.
+Its events are appended in batches of up to --batch-size, each batch atomically. The
+expected version applies to the first batch; unless it is `any`, later batches expect
+the previous batch's last version, so the file lands contiguously or stops at the first
+conflict.";
+
+const READ_EXAMPLES: &str = "\
+Examples:
+  cairn read order-17
+  cairn read order-17 --from 10 --limit 5
+  cairn read order-17 --backward --limit 1
+  cairn read --all --from-position 1000 --follow-pages
+  cairn read --all --category order --types OrderPlaced,OrderShipped --tags customer:7
+
+Events are printed as JSON Lines on stdout.";
+
+const STREAMS_EXAMPLES: &str = "\
+Examples:
+  cairn streams
+  cairn streams --prefix order- --limit 20";
+
+const BENCH_EXAMPLES: &str = "\
+Without --url an embedded server is started on a temporary data directory and an
+ephemeral port, and removed afterwards.
+
+Examples:
+  cairn bench
+  cairn bench append-batch --batch-size 500 --clients 4 --duration 30s
+  cairn bench read --url http://127.0.0.1:7171 --json > result.json";
+
+/// Cairn: an event-sourcing and CQRS server in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, after_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Cairn server.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Append events to a stream.
+    #[command(after_help = APPEND_EXAMPLES)]
+    Append(AppendArgs),
+    /// Read a stream, or the global log with --all.
+    #[command(after_help = READ_EXAMPLES)]
+    Read(ReadArgs),
+    /// List stream names, one a line.
+    #[command(after_help = STREAMS_EXAMPLES)]
+    Streams(StreamsArgs),
+    /// Load-test a Cairn server and report throughput and latency percentiles.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
+}
+
+/// `cairn serve`. Every value is optional here: what is absent comes from the file or
+/// the defaults (see `Settings::resolve`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML settings file (see cairn.example.toml); unknown keys are errors.
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, IP:PORT [default: 127.0.0.1:7171].
+    #[arg(long, env = "CAIRN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Folder of the embedded database; created when missing [default: ./cairn-data].
+    #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format [default: json when stderr is not a terminal, pretty otherwise].
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_name = "FORMAT", value_parser = ["json", "pretty"])]
+    pub log_format: Option<String>,
+    /// Log level or filter, e.g. info, debug, cairn_server=debug [default: info]. RUST_LOG wins when set.
+    #[arg(long, env = "CAIRN_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// How long idempotency keys are remembered, e.g. 24h, 30m [default: 24h].
+    #[arg(long, env = "CAIRN_IDEMPOTENCY_WINDOW", value_name = "DURATION")]
+    pub idempotency_window: Option<String>,
+    /// Read connections to the embedded database [default: 4].
+    #[arg(long, env = "CAIRN_READ_CONNECTIONS", value_name = "N")]
+    pub read_connections: Option<usize>,
+    /// Longest time a request may take before it is answered 503, e.g. 30s, 500ms; 0s for no limit [default: 30s].
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Largest request body, in bytes [default: 8388608].
+    #[arg(long, env = "CAIRN_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most events in one append request [default: 1000].
+    #[arg(long, env = "CAIRN_MAX_EVENTS_PER_REQUEST", value_name = "N")]
+    pub max_events_per_request: Option<usize>,
+    /// Largest event (data plus metadata), in bytes [default: 1048576].
+    #[arg(long, env = "CAIRN_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Deepest nesting of arrays and objects in a request body [default: 64].
+    #[arg(long, env = "CAIRN_MAX_JSON_DEPTH", value_name = "N")]
+    pub max_json_depth: Option<usize>,
+    /// Print the effective settings as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Where the server is, for the client commands.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Cairn's base URL.
+    #[arg(
+        long,
+        env = "CAIRN_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7171"
+    )]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The stream to append to, e.g. order-17.
+    pub stream: String,
+    /// The event's type (one event from the command line).
+    #[arg(
+        long = "type",
+        short = 't',
+        value_name = "TYPE",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub event_type: Option<String>,
+    /// The event's data, any JSON value.
+    #[arg(
+        long,
+        short = 'd',
+        value_name = "JSON",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub data: Option<String>,
+    /// The event's metadata, a JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with = "file")]
+    pub metadata: Option<String>,
+    /// A tag for cross-stream reads, e.g. customer:7 (repeatable).
+    #[arg(long = "tag", value_name = "TAG", conflicts_with = "file")]
+    pub tags: Vec<String>,
+    /// The event's id (a UUID); Cairn assigns one when absent.
+    #[arg(long, value_name = "UUID", conflicts_with = "file")]
+    pub id: Option<Uuid>,
+    /// Append the events of a JSON Lines file instead; `-` reads stdin.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The stream's expected version: a number (the last version), no_stream, exists or any.
+    #[arg(long, short = 'e', value_name = "VERSION", default_value = "any", value_parser = parse_expected_version)]
+    pub expected_version: ExpectedVersion,
+    /// Events per request when appending a file (1–1000).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn parse_expected_version(text: &str) -> Result<ExpectedVersion, String> {
+    match text {
+        "any" => Ok(ExpectedVersion::Any),
+        "no_stream" | "no-stream" => Ok(ExpectedVersion::NoStream),
+        "exists" => Ok(ExpectedVersion::Exists),
+        number => number.parse().map(ExpectedVersion::Exact).map_err(|_| {
+            format!("{number:?} is not an expected version; use a number, no_stream, exists or any")
+        }),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The stream to read (or --all for the global log).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub stream: Option<String>,
+    /// Read the global log instead of one stream.
+    #[arg(long)]
+    pub all: bool,
+    /// Stream version to start at [default: the start, or the end with --backward].
+    #[arg(long, value_name = "VERSION", conflicts_with = "all")]
+    pub from: Option<u64>,
+    /// Events per page (the server caps it at 1000).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Read the stream from the newest event to the oldest.
+    #[arg(long, conflicts_with = "all")]
+    pub backward: bool,
+    /// Keep reading page after page to the end.
+    #[arg(long)]
+    pub follow_pages: bool,
+    /// Global position to start at [default: 1].
+    #[arg(long, value_name = "POSITION", requires = "all")]
+    pub from_position: Option<u64>,
+    /// Only events of streams in this category (`order` for `order-17`).
+    #[arg(long, value_name = "CATEGORY", requires = "all")]
+    pub category: Option<String>,
+    /// Only events of these types (comma-separated: any of them).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',', requires = "all")]
+    pub types: Vec<String>,
+    /// Only events with these tags (comma-separated: all of them).
+    #[arg(long, value_name = "TAGS", value_delimiter = ',', requires = "all")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamsArgs {
+    /// Only streams whose names start with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Start after this stream name.
+    #[arg(long, value_name = "NAME")]
+    pub after: Option<String>,
+    /// Print at most this many names [default: all].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// One event per append request, each client on its own stream.
+    Append,
+    /// --batch-size events per append request.
+    AppendBatch,
+    /// Reads of 100 events from a few pre-populated streams.
+    Read,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Append => "append",
+            Scenario::AppendBatch => "append-batch",
+            Scenario::Read => "read",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value = "append")]
+    pub scenario: Scenario,
+    /// Concurrent clients, each sending one request at a time.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// How long to run, e.g. 10s, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_arg)]
+    pub duration: std::time::Duration,
+    /// Size of each event's data, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 300)]
+    pub payload_bytes: usize,
+    /// Events per request in the append-batch scenario (1–1000).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    /// The server to load; an embedded server on a temporary directory when absent.
+    #[arg(long, env = "CAIRN_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Print the result as JSON on stdout (the human summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Show progress even when stderr is not a terminal.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    let duration = crate::settings::parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("the duration must be more than 0".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn expected_versions_parse() {
+        assert_eq!(parse_expected_version("7"), Ok(ExpectedVersion::Exact(7)));
+        assert_eq!(
+            parse_expected_version("no_stream"),
+            Ok(ExpectedVersion::NoStream)
+        );
+        assert!(parse_expected_version("-1").is_err());
+        assert!(parse_expected_version("latest").is_err());
+    }
+}

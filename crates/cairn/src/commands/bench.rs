@@ -1,0 +1,480 @@
+//! `cairn bench`: a lean closed-loop load generator. Each client sends one request at a
+//! time for the duration; bodies are serialised once and only a counter inside each
+//! event's payload changes between requests; latencies go to a per-client histogram,
+//! merged at the end.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::{BenchArgs, Scenario};
+use crate::embedded::{RunningServer, ServerConfig};
+
+/// Streams the read scenario reads from.
+const READ_STREAMS: usize = 4;
+/// Events per read request (and per pre-populated stream).
+const READ_EVENTS: usize = 100;
+/// Hex digits of the counter written into every event's payload.
+const COUNTER_DIGITS: usize = 16;
+/// Error messages kept for the report.
+const ERROR_SAMPLES: usize = 5;
+
+/// What `cairn bench` measured, with the parameters it measured under.
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub scenario: &'static str,
+    /// The server's URL, or `embedded`.
+    pub target: String,
+    pub clients: u32,
+    pub duration_s: f64,
+    pub payload_bytes: usize,
+    pub events_per_request: usize,
+    pub elapsed_s: f64,
+    pub requests: u64,
+    pub events: u64,
+    pub errors: u64,
+    pub requests_per_s: f64,
+    pub events_per_s: f64,
+    pub latency_ms: Latency,
+    pub error_samples: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Only the embedded server logs; warnings and errors are worth seeing.
+    crate::logging::init(Some(crate::settings::LogFormat::Pretty), "warn")?;
+    let (base_url, embedded) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("cairn-bench-")
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
+            let server = RunningServer::start(ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                data_dir: dir.path().join("data"),
+                read_connections: 4,
+                idempotency_window: Duration::from_secs(24 * 3600),
+                request_timeout: Duration::from_secs(30),
+                limits: cairn_server::Limits::default(),
+            })
+            .await?;
+            (server.url(), Some((server, dir)))
+        }
+    };
+    let outcome = measure(&args, &base_url, embedded.is_some()).await;
+    if let Some((server, dir)) = embedded {
+        server.stop(Duration::from_secs(10)).await?;
+        dir.close()
+            .context("cannot remove the temporary data directory")?;
+    }
+    let result = outcome?;
+    let summary = summary(&result);
+    if args.json {
+        eprint!("{summary}");
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{summary}");
+    }
+    Ok(())
+}
+
+async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Result<BenchResult> {
+    let clients = usize::try_from(args.clients).context("too many clients")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
+
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let events_per_request = match args.scenario {
+        Scenario::Append => 1,
+        Scenario::AppendBatch => usize::from(args.batch_size),
+        Scenario::Read => READ_EVENTS,
+    };
+    let template = BodyTemplate::new(events_per_request, args.payload_bytes);
+    let mut plans = Vec::with_capacity(clients);
+    match args.scenario {
+        Scenario::Append | Scenario::AppendBatch => {
+            for client in 0..clients {
+                plans.push(Plan::Append {
+                    url: format!("{base_url}/v1/streams/bench-{run_id}-{client}/events"),
+                    template: template.clone(),
+                });
+            }
+        }
+        Scenario::Read => {
+            let mut urls = Vec::with_capacity(READ_STREAMS);
+            for stream in 0..READ_STREAMS {
+                let name = format!("benchread-{run_id}-{stream}");
+                let body = template.render(stream as u64);
+                let response = http
+                    .post(format!("{base_url}/v1/streams/{name}/events"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .context("cannot pre-populate the read streams")?;
+                if !response.status().is_success() {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    bail!("cannot pre-populate the read streams: HTTP {status}: {text}");
+                }
+                urls.push(format!(
+                    "{base_url}/v1/streams/{name}/events?from=0&limit={READ_EVENTS}"
+                ));
+            }
+            let urls: Arc<[String]> = urls.into();
+            for client in 0..clients {
+                plans.push(Plan::Read {
+                    urls: urls.clone(),
+                    next: client,
+                });
+            }
+        }
+    }
+
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let progress_done = tokio_util::sync::CancellationToken::new();
+    let progress = tokio::spawn(show_progress(
+        counters.clone(),
+        started,
+        args.duration,
+        args.verbose,
+        progress_done.clone(),
+    ));
+    let workers: Vec<_> = plans
+        .into_iter()
+        .map(|plan| {
+            tokio::spawn(worker(
+                http.clone(),
+                plan,
+                events_per_request as u64,
+                deadline,
+                counters.clone(),
+            ))
+        })
+        .collect();
+    let mut histogram = new_histogram();
+    let mut error_samples = Vec::new();
+    for handle in workers {
+        let outcome = handle.await.context("a bench client panicked")?;
+        histogram
+            .add(&outcome.histogram)
+            .context("cannot merge latency histograms")?;
+        for sample in outcome.errors {
+            if error_samples.len() < ERROR_SAMPLES && !error_samples.contains(&sample) {
+                error_samples.push(sample);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    progress_done.cancel();
+    let _ = progress.await;
+
+    let requests = counters.requests.load(Ordering::Relaxed);
+    let events = counters.events.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed);
+    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
+    let millis = |micros: u64| micros as f64 / 1000.0;
+    Ok(BenchResult {
+        scenario: args.scenario.as_str(),
+        target: if embedded {
+            "embedded".to_owned()
+        } else {
+            base_url.to_owned()
+        },
+        clients: args.clients,
+        duration_s: args.duration.as_secs_f64(),
+        payload_bytes: args.payload_bytes,
+        events_per_request,
+        elapsed_s: round(seconds, 3),
+        requests,
+        events,
+        errors,
+        requests_per_s: round(requests as f64 / seconds, 1),
+        events_per_s: round(events as f64 / seconds, 1),
+        latency_ms: Latency {
+            p50: millis(histogram.value_at_quantile(0.50)),
+            p90: millis(histogram.value_at_quantile(0.90)),
+            p99: millis(histogram.value_at_quantile(0.99)),
+            p99_9: millis(histogram.value_at_quantile(0.999)),
+            max: millis(histogram.max()),
+            mean: round(histogram.mean() / 1000.0, 3),
+        },
+        error_samples,
+    })
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let factor = 10f64.powi(decimals);
+    (value * factor).round() / factor
+}
+
+async fn wait_until_ready(
+    http: &reqwest::Client,
+    base_url: &str,
+    wait_seconds: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(wait_seconds);
+    let url = format!("{base_url}/health/ready");
+    loop {
+        let outcome = http.get(&url).send().await;
+        let problem = match outcome {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => format!("HTTP {}", response.status()),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("{base_url} is not ready: {problem}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    events: AtomicU64,
+    errors: AtomicU64,
+}
+
+enum Plan {
+    Append { url: String, template: BodyTemplate },
+    Read { urls: Arc<[String]>, next: usize },
+}
+
+struct WorkerOutcome {
+    histogram: Histogram<u64>,
+    errors: Vec<String>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn worker(
+    http: reqwest::Client,
+    mut plan: Plan,
+    events_per_request: u64,
+    deadline: Instant,
+    counters: Arc<Counters>,
+) -> WorkerOutcome {
+    let mut histogram = new_histogram();
+    let mut errors = Vec::new();
+    let mut sequence: u64 = 0;
+    while Instant::now() < deadline {
+        sequence += 1;
+        let request = match &mut plan {
+            Plan::Append { url, template } => http
+                .post(url.as_str())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(template.render(sequence)),
+            Plan::Read { urls, next } => {
+                *next = (*next + 1) % urls.len();
+                http.get(urls[*next].as_str())
+            }
+        };
+        let sent = Instant::now();
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                match response.bytes().await {
+                    Ok(_) if status.is_success() => Ok(()),
+                    Ok(body) => Err(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    )),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        histogram.saturating_record(micros.max(1));
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                counters
+                    .events
+                    .fetch_add(events_per_request, Ordering::Relaxed);
+            }
+            Err(message) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                if errors.len() < ERROR_SAMPLES {
+                    errors.push(message);
+                }
+            }
+        }
+    }
+    WorkerOutcome { histogram, errors }
+}
+
+/// An append body serialised once; rendering copies it and writes a counter into each
+/// event's payload.
+#[derive(Clone)]
+struct BodyTemplate {
+    bytes: Arc<[u8]>,
+    /// Where each event's counter digits start.
+    counter_offsets: Arc<[usize]>,
+}
+
+impl BodyTemplate {
+    fn new(events: usize, payload_bytes: usize) -> Self {
+        // data = {"n":"<16 hex digits>","pad":"xxx…"}: `payload_bytes` long when it can be.
+        let fixed = r#"{"n":"","pad":""}"#.len() + COUNTER_DIGITS;
+        let pad = "x".repeat(payload_bytes.saturating_sub(fixed));
+        let mut body = String::from(r#"{"expected_version":"any","events":["#);
+        let mut offsets = Vec::with_capacity(events);
+        for index in 0..events {
+            if index > 0 {
+                body.push(',');
+            }
+            body.push_str(r#"{"type":"BenchEvent","data":{"n":""#);
+            offsets.push(body.len());
+            body.push_str(&"0".repeat(COUNTER_DIGITS));
+            body.push_str(r#"","pad":""#);
+            body.push_str(&pad);
+            body.push_str(r#""}}"#);
+        }
+        body.push_str("]}");
+        Self {
+            bytes: body.into_bytes().into(),
+            counter_offsets: offsets.into(),
+        }
+    }
+
+    fn render(&self, sequence: u64) -> Bytes {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut body = self.bytes.to_vec();
+        for (index, &offset) in self.counter_offsets.iter().enumerate() {
+            let mut value = sequence.wrapping_mul(1000).wrapping_add(index as u64);
+            for digit in body[offset..offset + COUNTER_DIGITS].iter_mut().rev() {
+                *digit = HEX[(value & 0xf) as usize];
+                value >>= 4;
+            }
+        }
+        Bytes::from(body)
+    }
+}
+
+/// A progress line once a second: a bar on a terminal, plain lines with --verbose
+/// elsewhere, nothing otherwise.
+async fn show_progress(
+    counters: Arc<Counters>,
+    started: Instant,
+    duration: Duration,
+    verbose: bool,
+    done: tokio_util::sync::CancellationToken,
+) {
+    let terminal = std::io::stderr().is_terminal();
+    if !terminal && !verbose {
+        return;
+    }
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_requests = 0;
+    let mut last_events = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = done.cancelled() => break,
+        }
+        let requests = counters.requests.load(Ordering::Relaxed);
+        let events = counters.events.load(Ordering::Relaxed);
+        let errors = counters.errors.load(Ordering::Relaxed);
+        let message = format!(
+            "{} req/s, {} events/s, {requests} requests, {errors} errors",
+            requests - last_requests,
+            events - last_events
+        );
+        last_requests = requests;
+        last_events = events;
+        match &bar {
+            Some(bar) => {
+                bar.set_position(started.elapsed().as_secs());
+                bar.set_message(message);
+            }
+            None => eprintln!("{:>4}s {message}", started.elapsed().as_secs()),
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn summary(result: &BenchResult) -> String {
+    let latency = &result.latency_ms;
+    let mut text = format!(
+        "cairn bench {}: {} clients, {}s, {} events/request, {}-byte payloads, target {}\n",
+        result.scenario,
+        result.clients,
+        result.duration_s,
+        result.events_per_request,
+        result.payload_bytes,
+        result.target,
+    );
+    text.push_str(&format!(
+        "  requests  {:>10}  {:>10.1}/s\n  events    {:>10}  {:>10.1}/s\n  errors    {:>10}\n",
+        result.requests, result.requests_per_s, result.events, result.events_per_s, result.errors
+    ));
+    text.push_str(&format!(
+        "  latency   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n",
+        latency.p50, latency.p90, latency.p99, latency.p99_9, latency.max
+    ));
+    for sample in &result.error_samples {
+        text.push_str(&format!("  error: {sample}\n"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_bodies_are_append_requests_with_payloads_of_the_asked_size() {
+        let template = BodyTemplate::new(3, 300);
+        let body = template.render(0x1234);
+        let request: cairn_api::AppendRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(request.events.len(), 3);
+        for (index, event) in request.events.iter().enumerate() {
+            assert_eq!(event.data.get().len(), 300);
+            let data: serde_json::Value = serde_json::from_str(event.data.get()).unwrap();
+            let expected = format!("{:016x}", 0x1234u64 * 1000 + index as u64);
+            assert_eq!(data["n"], expected.as_str());
+        }
+        assert_ne!(template.render(1), template.render(2));
+    }
+}

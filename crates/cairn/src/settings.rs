@@ -1,0 +1,413 @@
+//! `cairn serve`'s settings: layered command-line flags > `CAIRN_*` environment
+//! variables > the TOML file > defaults. Flags and variables arrive together through clap
+//! ([`ServeArgs`]); the file is read into [`RawSettings`] (unknown keys are errors); the
+//! merge is validated into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_server::Limits;
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
+pub const DEFAULT_DATA_DIR: &str = "./cairn-data";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_IDEMPOTENCY_WINDOW: &str = "24h";
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
+pub const DEFAULT_READ_CONNECTIONS: usize = 4;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            other => Err(format!(
+                "{other:?} is not a log format; use \"json\" or \"pretty\""
+            )),
+        }
+    }
+}
+
+/// The settings file as written: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub idempotency_window: Option<String>,
+    pub read_connections: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_events_per_request: Option<usize>,
+    pub max_event_bytes: Option<usize>,
+    pub max_json_depth: Option<usize>,
+}
+
+impl RawSettings {
+    /// Every key the file may hold, in the order of `cairn.example.toml`.
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "data_dir",
+        "log_format",
+        "log_level",
+        "idempotency_window",
+        "read_connections",
+        "request_timeout",
+        "max_body_bytes",
+        "max_events_per_request",
+        "max_event_bytes",
+        "max_json_depth",
+    ];
+
+    /// Reads a settings file; errors name the file and, for a bad key, the key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid configuration file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|error| anyhow::anyhow!("{}", error.to_string().trim_end()))
+    }
+
+    /// The command line's (and environment's) values.
+    fn from_args(args: &ServeArgs) -> Self {
+        Self {
+            listen: args.listen.clone(),
+            data_dir: args.data_dir.clone(),
+            log_format: args.log_format.clone(),
+            log_level: args.log_level.clone(),
+            idempotency_window: args.idempotency_window.clone(),
+            read_connections: args.read_connections,
+            request_timeout: args.request_timeout.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_events_per_request: args.max_events_per_request,
+            max_event_bytes: args.max_event_bytes,
+            max_json_depth: args.max_json_depth,
+        }
+    }
+}
+
+/// Validated settings of `cairn serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: json when stderr is not a terminal, pretty when it is.
+    pub log_format: Option<LogFormat>,
+    pub log_level: String,
+    pub idempotency_window: Duration,
+    pub read_connections: usize,
+    /// Zero: no limit.
+    pub request_timeout: Duration,
+    pub limits: Limits,
+    /// The file the settings were read from, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Where a value came from, for error messages.
+struct Origin<'a> {
+    flag: &'static str,
+    key: &'static str,
+    file: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    fn describe(&self, from_file: bool) -> String {
+        match (from_file, self.file) {
+            (true, Some(file)) => format!("`{}` in {}", self.key, file.display()),
+            _ => format!(
+                "--{} (or CAIRN_{})",
+                self.flag,
+                self.key.to_ascii_uppercase()
+            ),
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves flags and environment (`args`) over the `--config` file over defaults.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => RawSettings::load(path)?,
+            None => RawSettings::default(),
+        };
+        Self::merge(&RawSettings::from_args(args), &file, args.config.as_deref())
+    }
+
+    /// `over` wins over `file`; both over the defaults.
+    pub fn merge(
+        over: &RawSettings,
+        file: &RawSettings,
+        file_path: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        /// The winning value and whether it came from the file.
+        fn pick<'v, T>(over: &'v Option<T>, file: &'v Option<T>) -> Option<(&'v T, bool)> {
+            over.as_ref()
+                .map(|value| (value, false))
+                .or_else(|| file.as_ref().map(|value| (value, true)))
+        }
+        let origin = |flag, key| Origin {
+            flag,
+            key,
+            file: file_path,
+        };
+
+        let listen = match pick(&over.listen, &file.listen) {
+            Some((value, from_file)) => parse_listen(value).with_context(|| {
+                format!("invalid {}", origin("listen", "listen").describe(from_file))
+            })?,
+            None => parse_listen(DEFAULT_LISTEN)?,
+        };
+        let data_dir = pick(&over.data_dir, &file.data_dir).map_or_else(
+            || PathBuf::from(DEFAULT_DATA_DIR),
+            |(value, _)| value.clone(),
+        );
+        if data_dir.as_os_str().is_empty() {
+            bail!("invalid data_dir: it must not be empty");
+        }
+        let log_format = match pick(&over.log_format, &file.log_format) {
+            Some((value, from_file)) => Some(LogFormat::parse(value).map_err(|error| {
+                anyhow::anyhow!(
+                    "invalid {}: {error}",
+                    origin("log-format", "log_format").describe(from_file)
+                )
+            })?),
+            None => None,
+        };
+        let log_level = pick(&over.log_level, &file.log_level)
+            .map_or_else(|| DEFAULT_LOG_LEVEL.to_owned(), |(value, _)| value.clone());
+        let duration =
+            |over: &Option<String>, file: &Option<String>, flag, key, default: &str| match pick(
+                over, file,
+            ) {
+                Some((value, from_file)) => parse_duration(value).map_err(|error| {
+                    anyhow::anyhow!("invalid {}: {error}", origin(flag, key).describe(from_file))
+                }),
+                None => Ok(parse_duration(default).expect("defaults parse")),
+            };
+        let idempotency_window = duration(
+            &over.idempotency_window,
+            &file.idempotency_window,
+            "idempotency-window",
+            "idempotency_window",
+            DEFAULT_IDEMPOTENCY_WINDOW,
+        )?;
+        let request_timeout = duration(
+            &over.request_timeout,
+            &file.request_timeout,
+            "request-timeout",
+            "request_timeout",
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
+        let positive =
+            |over: &Option<usize>, file: &Option<usize>, flag, key, default: usize| match over
+                .map(|v| (v, false))
+                .or(file.map(|v| (v, true)))
+            {
+                Some((0, from_file)) => Err(anyhow::anyhow!(
+                    "invalid {}: it must be at least 1",
+                    origin(flag, key).describe(from_file)
+                )),
+                Some((value, _)) => Ok(value),
+                None => Ok(default),
+            };
+        let read_connections = positive(
+            &over.read_connections,
+            &file.read_connections,
+            "read-connections",
+            "read_connections",
+            DEFAULT_READ_CONNECTIONS,
+        )?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_body_bytes: positive(
+                &over.max_body_bytes,
+                &file.max_body_bytes,
+                "max-body-bytes",
+                "max_body_bytes",
+                defaults.max_body_bytes,
+            )?,
+            max_events_per_request: positive(
+                &over.max_events_per_request,
+                &file.max_events_per_request,
+                "max-events-per-request",
+                "max_events_per_request",
+                defaults.max_events_per_request,
+            )?,
+            max_event_bytes: positive(
+                &over.max_event_bytes,
+                &file.max_event_bytes,
+                "max-event-bytes",
+                "max_event_bytes",
+                defaults.max_event_bytes,
+            )?,
+            max_json_depth: positive(
+                &over.max_json_depth,
+                &file.max_json_depth,
+                "max-json-depth",
+                "max_json_depth",
+                defaults.max_json_depth,
+            )?,
+            ..defaults
+        };
+        Ok(Settings {
+            listen,
+            data_dir,
+            log_format,
+            log_level,
+            idempotency_window,
+            read_connections,
+            request_timeout,
+            limits,
+            config_file: file_path.map(Path::to_path_buf),
+        })
+    }
+
+    /// The effective settings as the keys of the settings file (`cairn serve --print-config`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "data_dir": self.data_dir.display().to_string(),
+            "log_format": self.log_format.map_or("auto", LogFormat::as_str),
+            "log_level": self.log_level,
+            "idempotency_window": format_duration(self.idempotency_window),
+            "read_connections": self.read_connections,
+            "request_timeout": format_duration(self.request_timeout),
+            "max_body_bytes": self.limits.max_body_bytes,
+            "max_events_per_request": self.limits.max_events_per_request,
+            "max_event_bytes": self.limits.max_event_bytes,
+            "max_json_depth": self.limits.max_json_depth,
+        })
+    }
+}
+
+fn parse_listen(value: &str) -> anyhow::Result<SocketAddr> {
+    value.trim().parse().map_err(|_| {
+        anyhow::anyhow!("{value:?} is not a listen address; expected IP:PORT such as 127.0.0.1:7171 or [::1]:7171")
+    })
+}
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `24h`, `7d` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("a duration must not be empty; write e.g. 30s, 500ms, 24h".into());
+    }
+    let bad = || {
+        format!(
+            "{text:?} is not a duration; write a number with a unit: ms, s, m, h or d (e.g. 30s, 500ms, 1h30m)"
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = trimmed;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_millis: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60 * 1000,
+            "h" => 3600 * 1000,
+            "d" => 24 * 3600 * 1000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let millis = number.checked_mul(unit_millis).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Writes a duration in the largest unit (up to hours) that divides it: `24h`, `30s`,
+/// `1500ms`.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        for (text, millis) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("24h", 86_400_000),
+            ("7d", 604_800_000),
+            ("1h30m", 5_400_000),
+            (" 2s ", 2000),
+            ("0s", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(millis)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "3w",
+            "1h30",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_format_in_their_largest_unit() {
+        for text in ["24h", "30s", "500ms", "1500ms", "90m", "48h", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+}

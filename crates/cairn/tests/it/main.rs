@@ -1,0 +1,9 @@
+//! The `cairn` binary's behaviour: settings, the CLI end to end, crash recovery and the
+//! load generator. Hermetic: temporary directories, ephemeral ports, servers the tests
+//! start themselves.
+
+mod bench;
+mod cli;
+mod crash;
+mod settings;
+mod support;

@@ -1,0 +1,181 @@
+//! Settings: flags > CAIRN_* variables > the TOML file > defaults.
+
+use std::time::Duration;
+
+use cairn::settings::{RawSettings, Settings, parse_duration};
+
+use crate::support::{cairn, ok, run, stderr};
+
+fn resolve_file(text: &str) -> anyhow::Result<Settings> {
+    Settings::merge(
+        &RawSettings::default(),
+        &RawSettings::parse(text)?,
+        Some("cairn.toml".as_ref()),
+    )
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_set() {
+    let settings = Settings::merge(&RawSettings::default(), &RawSettings::default(), None).unwrap();
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:7171");
+    assert_eq!(settings.data_dir, std::path::Path::new("./cairn-data"));
+    assert_eq!(settings.idempotency_window, Duration::from_secs(24 * 3600));
+    assert_eq!(settings.request_timeout, Duration::from_secs(30));
+    assert_eq!(settings.read_connections, 4);
+    assert_eq!(settings.log_format, None);
+    assert_eq!(settings.log_level, "info");
+    let limits = cairn_server::Limits::default();
+    assert_eq!(settings.limits.max_body_bytes, limits.max_body_bytes);
+    assert_eq!(
+        settings.limits.max_events_per_request,
+        limits.max_events_per_request
+    );
+    assert_eq!(settings.limits.max_event_bytes, limits.max_event_bytes);
+    assert_eq!(settings.limits.max_json_depth, limits.max_json_depth);
+}
+
+#[test]
+fn flags_win_over_environment_over_file_over_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:1111"
+request_timeout = "10s"
+idempotency_window = "1h"
+max_json_depth = 10
+data_dir = "/from/file"
+"#,
+    )
+    .unwrap();
+    let output = cairn(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:3333",
+        "--print-config",
+    ])
+    .env("CAIRN_LISTEN", "127.0.0.1:2222")
+    .env("CAIRN_REQUEST_TIMEOUT", "20s")
+    .env("CAIRN_MAX_BODY_BYTES", "1000")
+    .output()
+    .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(printed["listen"], "127.0.0.1:3333", "flag > env > file");
+    assert_eq!(printed["request_timeout"], "20s", "env > file");
+    assert_eq!(printed["max_body_bytes"], 1000, "env > default");
+    assert_eq!(printed["idempotency_window"], "1h", "file > default");
+    assert_eq!(printed["max_json_depth"], 10, "file > default");
+    assert_eq!(printed["data_dir"], "/from/file");
+    assert_eq!(printed["read_connections"], 4, "default");
+    assert_eq!(printed["max_events_per_request"], 1000, "default");
+
+    // The config file itself can come from the environment.
+    let output = cairn(&["serve", "--print-config"])
+        .env("CAIRN_CONFIG", &file)
+        .output()
+        .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(printed["listen"], "127.0.0.1:1111");
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_name_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:7171\"\nmax_body_size = 10\n").unwrap();
+    let error = format!("{:#}", RawSettings::load(&file).unwrap_err());
+    assert!(error.contains("max_body_size"), "{error}");
+    assert!(error.contains(file.to_str().unwrap()), "{error}");
+
+    let output = run(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("max_body_size"), "{message}");
+    assert!(message.contains("cairn.toml"), "{message}");
+}
+
+#[test]
+fn bad_values_are_refused_clearly() {
+    let error = format!(
+        "{:#}",
+        resolve_file("request_timeout = \"10 parsecs\"").unwrap_err()
+    );
+    assert!(
+        error.contains("request_timeout")
+            && error.contains("10 parsecs")
+            && error.contains("cairn.toml"),
+        "{error}"
+    );
+
+    let error = format!("{:#}", resolve_file("listen = \"localhost\"").unwrap_err());
+    assert!(
+        error.contains("listen") && error.contains("localhost") && error.contains("IP:PORT"),
+        "{error}"
+    );
+
+    let error = format!("{:#}", resolve_file("read_connections = 0").unwrap_err());
+    assert!(
+        error.contains("read_connections") && error.contains("at least 1"),
+        "{error}"
+    );
+
+    let error = format!(
+        "{:#}",
+        resolve_file("max_body_bytes = \"8MB\"").unwrap_err()
+    );
+    assert!(error.contains("max_body_bytes"), "{error}");
+
+    let error = format!("{:#}", resolve_file("log_format = \"xml\"").unwrap_err());
+    assert!(
+        error.contains("log_format") && error.contains("xml"),
+        "{error}"
+    );
+
+    // From the command line, the flag is named.
+    let output = run(&["serve", "--idempotency-window", "forever", "--print-config"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("--idempotency-window") && message.contains("forever"),
+        "{message}"
+    );
+    let output = run(&["serve", "--listen", "127.0.0.1", "--print-config"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not a listen address"),
+        "{}",
+        stderr(&output)
+    );
+
+    assert!(parse_duration("500ms").is_ok());
+}
+
+#[test]
+fn the_example_file_parses_lists_every_key_and_states_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cairn.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let raw = RawSettings::load(path.as_ref()).unwrap();
+    for key in RawSettings::KEYS {
+        let set = format!("\n{key} = ");
+        let commented = format!("\n# {key} = ");
+        assert!(
+            text.contains(&set) || text.contains(&commented),
+            "cairn.example.toml does not mention {key}"
+        );
+    }
+    let from_example = Settings::merge(&RawSettings::default(), &raw, Some(path.as_ref())).unwrap();
+    let defaults = Settings::merge(&RawSettings::default(), &RawSettings::default(), None).unwrap();
+    assert_eq!(
+        from_example.to_json(),
+        defaults.to_json(),
+        "the example states the defaults"
+    );
+}

@@ -1,0 +1,216 @@
+//! Starting the real `cairn` binary and talking to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// Every variable `cairn` reads, removed so the tests see only what they set.
+const CAIRN_VARIABLES: &[&str] = &[
+    "CAIRN_CONFIG",
+    "CAIRN_LISTEN",
+    "CAIRN_DATA_DIR",
+    "CAIRN_LOG_FORMAT",
+    "CAIRN_LOG_LEVEL",
+    "CAIRN_IDEMPOTENCY_WINDOW",
+    "CAIRN_READ_CONNECTIONS",
+    "CAIRN_REQUEST_TIMEOUT",
+    "CAIRN_MAX_BODY_BYTES",
+    "CAIRN_MAX_EVENTS_PER_REQUEST",
+    "CAIRN_MAX_EVENT_BYTES",
+    "CAIRN_MAX_JSON_DEPTH",
+    "CAIRN_URL",
+    "RUST_LOG",
+];
+
+/// `cairn ARGS` with a clean environment.
+pub fn cairn(args: &[&str]) -> Command {
+    let mut command = Command::new(CAIRN);
+    command.args(args);
+    for variable in CAIRN_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// Runs `cairn ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    cairn(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cairn runs")
+}
+
+/// Runs `cairn ARGS` with `input` on stdin.
+pub fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = cairn(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "cairn failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// A `cairn serve` process on an ephemeral port, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    /// Every log line the server wrote so far.
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `cairn serve` on `data_dir` and waits (with a deadline) until it is ready.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = cairn(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (listening, address) = mpsc::channel();
+        let lines = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line)
+                    && log["message"] == "cairn is listening"
+                {
+                    let _ = listening.send(log["listen"].as_str().unwrap_or_default().to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let address = match address.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cairn serve did not start: {:#?}", logs.lock().unwrap());
+            }
+        };
+        let server = Self {
+            child,
+            url: format!("http://{address}"),
+            logs,
+        };
+        server.wait_until_ready(Duration::from_secs(20));
+        server
+    }
+
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    fn wait_until_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if http_get(self.address(), "/health/ready").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn serve not ready in time: {:#?}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("cairn can be killed");
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit by itself, with a deadline.
+    pub fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn did not exit: {:#?}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET: `(status, body)`, or `None` when the server
+/// cannot be reached.
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
+    Some((status, body))
+}
