@@ -6,9 +6,11 @@
 //! depends on no other Cairn crate; the client depends on it and on nothing else of Cairn.
 
 mod error;
+mod groups;
 mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use groups::*;
 pub use types::*;
 
 /// The header a writer sets to make a write safe to retry.
