@@ -1,0 +1,708 @@
+//! Cairn's read side (CQRS): projections that turn events into SQL read models in
+//! `readmodels.db`, and named queries over them, with a result cache.
+//!
+//! - A projection ([`ProjectionConfig`]) follows the global log with
+//!   [`cairn_store::tail::LogTail`] from its checkpoint, in its own task, and applies
+//!   events in batches on a blocking thread: for each event the statements of
+//!   `on[event.type]`, with `:data.a.b`-style placeholders bound as positional
+//!   parameters, never spliced into the SQL.
+//! - A named query ([`QueryConfig`]) runs on a read-only connection with typed,
+//!   checked parameters and answers rows plus the log position they reflect;
+//!   `min_position` waits (woken by the projections, not by polling) for
+//!   read-your-writes.
+//!
+//! **Architecture invariants:**
+//! - A batch's effects and its projection's checkpoint commit in one transaction
+//!   (`synchronous = FULL`): each event's effects happen exactly once, across crashes.
+//! - A failing statement stops only its own projection, at the failing event, with
+//!   everything before that event applied.
+//! - Queries can never write: read-only connections with `query_only`.
+//! - A cached result is never staler than an uncached one, unless its query has a
+//!   `cache_ttl` (then never older than the TTL).
+//! - SQLite work never runs on the async executor.
+
+mod apply;
+mod cache;
+mod config;
+mod db;
+pub mod metrics;
+mod projection;
+mod query;
+mod sql;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_core::Position;
+use cairn_store::SharedStore;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{
+    FilterConfig, ParamSpec, ParamType, ParamValue, ProjectionConfig, QueryConfig, parse_duration,
+    validate,
+};
+pub use db::{ProjectionError, READ_MODEL_FILE};
+pub use error::ReadSideError;
+pub use projection::ProjectionState;
+pub use query::Row;
+
+use crate::cache::{CachedResult, QueryCache};
+use crate::config::{ProjectionPlan, QueryPlan};
+use crate::db::{ReadPool, StoredProjection, StoredState};
+use crate::error::storage;
+use crate::metrics as m;
+use crate::projection::{Projection, RunContext};
+use crate::query::QueryEntry;
+
+mod error;
+
+/// How to run the read side.
+#[derive(Debug, Clone)]
+pub struct ReadSideOptions {
+    /// The folder holding `readmodels.db` (the server's data directory).
+    pub data_dir: PathBuf,
+    /// Read-only connections for queries.
+    pub read_connections: usize,
+    /// Bytes of query results the cache may hold; 0 turns the cache off.
+    pub cache_bytes: u64,
+    /// The most events one projection applies in one transaction.
+    pub batch_size: usize,
+}
+
+impl ReadSideOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            read_connections: 4,
+            cache_bytes: 64 * 1024 * 1024,
+            batch_size: 2000,
+        }
+    }
+}
+
+/// A projection as the API reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub state: ProjectionState,
+    /// The last log position the read model reflects.
+    pub position: Position,
+    pub head_position: Position,
+    /// `head_position - position`.
+    pub lag: u64,
+    /// Events applied per second, recently.
+    pub events_per_second: f64,
+    pub last_error: Option<ProjectionError>,
+    /// The configured definition differs from the one the read model was built with;
+    /// the projection goes on with the new statements from its checkpoint.
+    pub definition_changed: bool,
+    /// Why `definition_changed` matters and what to do.
+    pub message: Option<String>,
+    /// While rebuilding: position / head, from 0.0 to 1.0.
+    pub rebuild_progress: Option<f64>,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    pub rows: Vec<Row>,
+    /// The log position the rows reflect: every event up to it is in them.
+    pub position: Position,
+    /// Served from the cache.
+    pub cached: bool,
+}
+
+/// The read side: projections running, queries served. Cheap to share as
+/// `Arc<ReadSide>`.
+pub struct ReadSide {
+    store: SharedStore,
+    context: RunContext,
+    /// Bumped whenever a projection moves or changes state: what waits wake on.
+    moved: Arc<watch::Sender<u64>>,
+    projections: Vec<Arc<Projection>>,
+    queries: HashMap<String, QueryEntry>,
+    query_names: Vec<String>,
+    reads: ReadPool,
+    cache: QueryCache,
+    shutdown: CancellationToken,
+    /// The data directory's lock; running projections hold a share of it.
+    lock: Mutex<Option<Arc<File>>>,
+}
+
+const DEFINITION_CHANGED: &str = "the projection's definition changed since its read model was built; \
+     new events use the new statements, earlier ones are not replayed: rebuild it to apply the new definition to every event";
+
+impl ReadSide {
+    /// Opens (creating when needed) `readmodels.db` in the data directory, creates new
+    /// projections (running their `setup`), checks every statement and query, and
+    /// starts each projection that has not failed from its checkpoint.
+    pub async fn start(
+        store: SharedStore,
+        options: ReadSideOptions,
+        projections: Vec<ProjectionConfig>,
+        queries: Vec<QueryConfig>,
+    ) -> Result<Arc<ReadSide>, ReadSideError> {
+        let (projection_plans, query_plans) = config::compile(&projections, &queries)?;
+        let lock = db::lock_data_dir(&options.data_dir)?;
+        let path = options.data_dir.join(READ_MODEL_FILE);
+        let plans: Vec<Arc<ProjectionPlan>> = projection_plans.into_iter().map(Arc::new).collect();
+        let stored = {
+            let path = path.clone();
+            let plans = plans.clone();
+            let query_plans = query_plans.clone();
+            tokio::task::spawn_blocking(move || open_projections(&path, &plans, &query_plans))
+                .await
+                .map_err(storage)??
+        };
+        let head = *store.watch_head().borrow();
+        let (moved, _) = watch::channel(0u64);
+        let moved = Arc::new(moved);
+        let projections: Vec<Arc<Projection>> = plans
+            .iter()
+            .zip(stored)
+            .map(|(plan, stored)| {
+                let definition_changed = stored.definition_hash != plan.definition_hash;
+                if definition_changed {
+                    tracing::warn!(projection = %plan.config.name, "{DEFINITION_CHANGED}");
+                }
+                let (state, error) = match stored.state {
+                    StoredState::Failed => (ProjectionState::Failed, stored.error),
+                    // The log was replaced under the read models: following it from
+                    // here would skip its events silently.
+                    _ if stored.position > head => (
+                        ProjectionState::Failed,
+                        Some(ProjectionError {
+                            position: stored.position,
+                            event_type: None,
+                            message: format!(
+                                "the read model reflects position {} but the event log ends at {head}: \
+                                 the log is not the one this read model was built from; rebuild it",
+                                stored.position
+                            ),
+                        }),
+                    ),
+                    StoredState::Rebuilding if stored.position < head => {
+                        (ProjectionState::Rebuilding, None)
+                    }
+                    _ => (ProjectionState::Running, None),
+                };
+                Arc::new(Projection::new(
+                    Arc::clone(plan),
+                    stored.position,
+                    state,
+                    error,
+                    definition_changed,
+                    Arc::clone(&moved),
+                ))
+            })
+            .collect();
+        let query_names = query_plans.iter().map(|q| q.name.clone()).collect();
+        let queries = query_plans
+            .into_iter()
+            .map(|plan| {
+                let entry = QueryEntry {
+                    projections: projections_read_by(&plan, &projections),
+                    plan,
+                };
+                (entry.plan.name.clone(), entry)
+            })
+            .collect();
+        let reads = ReadPool::open(path.clone(), options.read_connections)?;
+        let context = RunContext {
+            store: store.clone(),
+            path,
+            batch_size: options.batch_size.max(1),
+        };
+        let read_side = Arc::new(ReadSide {
+            store,
+            context,
+            moved,
+            projections,
+            queries,
+            query_names,
+            reads,
+            cache: QueryCache::new(options.cache_bytes),
+            shutdown: CancellationToken::new(),
+            lock: Mutex::new(Some(Arc::new(lock))),
+        });
+        for projection in &read_side.projections {
+            if projection.state() != ProjectionState::Failed {
+                let run = read_side.spawn(projection)?;
+                *projection.run.lock().await = Some(run);
+            }
+        }
+        tracing::info!(
+            projections = read_side.projections.len(),
+            queries = read_side.queries.len(),
+            "read side started"
+        );
+        Ok(read_side)
+    }
+
+    /// Every configured projection's status, in configuration order.
+    pub async fn projections(&self) -> Vec<ProjectionStatus> {
+        self.projections.iter().map(|p| self.status(p)).collect()
+    }
+
+    pub async fn projection(&self, name: &str) -> Result<ProjectionStatus, ReadSideError> {
+        Ok(self.status(self.find(name)?))
+    }
+
+    /// Resumes a projection from its checkpoint (after a failure: retries the failing
+    /// event, with the statements as now configured).
+    pub async fn restart(&self, name: &str) -> Result<ProjectionStatus, ReadSideError> {
+        let projection = self.find(name)?;
+        self.ensure_running()?;
+        let mut run = projection.run.lock().await;
+        if let Some(current) = run.take() {
+            current.stop().await;
+        }
+        let stored_name = name.to_owned();
+        let path = self.context.path.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut connection = db::open_writer(&path)?;
+            let stored = db::load(&connection, &stored_name)?
+                .ok_or_else(|| ReadSideError::ProjectionNotFound(stored_name.clone()))?;
+            let state = match stored.state {
+                StoredState::Rebuilding => StoredState::Rebuilding,
+                _ => StoredState::Running,
+            };
+            let transaction = connection.transaction().map_err(storage)?;
+            db::save_checkpoint(&transaction, &stored_name, stored.position, state, None)
+                .map_err(storage)?;
+            transaction.commit().map_err(storage)?;
+            Ok::<_, ReadSideError>((stored.position, state))
+        })
+        .await
+        .map_err(storage)??;
+        let (position, state) = stored;
+        let head = *self.store.watch_head().borrow();
+        if position > head {
+            projection.set_state(ProjectionState::Failed, self.status(projection).last_error);
+            return Err(ReadSideError::Storage(format!(
+                "projection {name} reflects position {position} but the event log ends at {head}; rebuild it"
+            )));
+        }
+        let state = match state {
+            StoredState::Rebuilding if position < head => ProjectionState::Rebuilding,
+            _ => ProjectionState::Running,
+        };
+        projection.set_state(state, None);
+        *run = Some(self.spawn(projection)?);
+        tracing::info!(projection = name, position, "projection restarted");
+        drop(run);
+        Ok(self.status(projection))
+    }
+
+    /// Rebuilds a projection: runs `teardown` and `setup`, resets its checkpoint to 0
+    /// (one transaction), then replays the log from position 1 with the definition as
+    /// now configured. If teardown or setup fails, nothing changes and the projection
+    /// goes on as before.
+    pub async fn rebuild(&self, name: &str) -> Result<ProjectionStatus, ReadSideError> {
+        let projection = self.find(name)?;
+        self.ensure_running()?;
+        let mut run = projection.run.lock().await;
+        let was_running = run.is_some();
+        if let Some(current) = run.take() {
+            current.stop().await;
+        }
+        let plan = Arc::clone(&projection.plan);
+        let path = self.context.path.clone();
+        let reset = tokio::task::spawn_blocking(move || {
+            let mut connection = db::open_writer(&path).map_err(|e| e.to_string())?;
+            db::reset(&mut connection, &plan)
+        })
+        .await
+        .map_err(storage)?;
+        if let Err(message) = reset {
+            if was_running {
+                *run = Some(self.spawn(projection)?);
+            }
+            return Err(ReadSideError::Storage(format!(
+                "rebuild of projection {name} failed, nothing was changed: {message}"
+            )));
+        }
+        projection.reset();
+        let head = *self.store.watch_head().borrow();
+        let state = if head == 0 {
+            ProjectionState::Running
+        } else {
+            ProjectionState::Rebuilding
+        };
+        if let Ok(mut status) = projection.status.lock() {
+            status.state = state;
+            status.last_error = None;
+            status.definition_changed = false;
+        }
+        *run = Some(self.spawn(projection)?);
+        tracing::info!(projection = name, head, "projection rebuilding");
+        drop(run);
+        Ok(self.status(projection))
+    }
+
+    /// Waits (woken by the projection, not by polling) until the projection reflects
+    /// `position` or has stopped (failed, shut down), and returns its status then;
+    /// `ConsistencyTimeout` if neither happens within `timeout`. A rebuilding
+    /// projection counts as there only once its rebuild has caught up.
+    pub async fn wait_for_projection(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<ProjectionStatus, ReadSideError> {
+        let projection = self.find(name)?;
+        let mut moved = self.moved.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(projection);
+            let arrived = status.position >= position && status.state == ProjectionState::Running;
+            if arrived
+                || matches!(
+                    status.state,
+                    ProjectionState::Failed | ProjectionState::Stopped
+                )
+            {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, moved.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(ReadSideError::ConsistencyTimeout {
+                        min_position: position,
+                        position: status.position,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The configured queries' names, in configuration order.
+    pub fn query_names(&self) -> Vec<String> {
+        self.query_names.clone()
+    }
+
+    /// Runs a named query. `params` are the raw strings of the request (without
+    /// `min_position` and `wait_ms`). With `min_position`, waits up to `wait` for the
+    /// read model to reflect that position, else `ConsistencyTimeout`.
+    pub async fn query(
+        &self,
+        name: &str,
+        params: &HashMap<String, String>,
+        min_position: Option<u64>,
+        wait: Duration,
+    ) -> Result<QueryResult, ReadSideError> {
+        let entry = self
+            .queries
+            .get(name)
+            .ok_or_else(|| ReadSideError::QueryNotFound(name.to_owned()))?;
+        let values = query::parse_params(&entry.plan, params)?;
+        if let Some(min_position) = min_position {
+            self.wait_for(entry, min_position, wait).await?;
+        }
+        let started = Instant::now();
+        let labels = [("query", entry.plan.name.clone())];
+        let key = query::cache_key(&entry.plan.name, &values);
+        if let Some(hit) = self.cache.get(&key).await {
+            let now = entry.progress();
+            let fresh = match entry.plan.cache_ttl {
+                Some(_) => {
+                    hit.position >= min_position.unwrap_or(0)
+                        && now.iter().map(|p| p.epoch).eq(hit.epochs.iter().copied())
+                }
+                None => now
+                    .iter()
+                    .map(|p| p.generation)
+                    .eq(hit.generations.iter().copied()),
+            };
+            if fresh {
+                // Without a TTL the read model has not changed since the rows were
+                // read: they reflect the current position.
+                let position = match entry.plan.cache_ttl {
+                    Some(_) => hit.position,
+                    None => entry.position().max(hit.position),
+                };
+                ::metrics::counter!(m::QUERY_CACHE_HITS, &labels).increment(1);
+                ::metrics::histogram!(m::QUERY_DURATION_SECONDS, &labels)
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(QueryResult {
+                    rows: hit.rows.as_ref().clone(),
+                    position,
+                    cached: true,
+                });
+            }
+        }
+        ::metrics::counter!(m::QUERY_CACHE_MISSES, &labels).increment(1);
+        // Progress is published after its commit: rows read after this snapshot
+        // reflect at least these positions and generations.
+        let before = entry.progress();
+        let position = before.iter().map(|p| p.position).min().unwrap_or(0);
+        let sql = entry.plan.sql.clone();
+        let rows = self
+            .reads
+            .run(move |connection| query::run(connection, &sql, &values))
+            .await?;
+        let generations: Vec<u64> = before.iter().map(|p| p.generation).collect();
+        let epochs: Vec<u64> = before.iter().map(|p| p.epoch).collect();
+        let unchanged = entry
+            .progress()
+            .iter()
+            .map(|p| p.generation)
+            .eq(generations.iter().copied());
+        let rows = Arc::new(rows);
+        if unchanged {
+            let weight = u32::try_from(query::weight(&rows)).unwrap_or(u32::MAX);
+            self.cache
+                .insert(
+                    key,
+                    CachedResult {
+                        rows: Arc::clone(&rows),
+                        generations,
+                        epochs,
+                        position,
+                        ttl: entry.plan.cache_ttl,
+                        weight,
+                    },
+                )
+                .await;
+        }
+        ::metrics::histogram!(m::QUERY_DURATION_SECONDS, &labels)
+            .record(started.elapsed().as_secs_f64());
+        let rows = Arc::try_unwrap(rows).unwrap_or_else(|shared| shared.as_ref().clone());
+        Ok(QueryResult {
+            rows,
+            position,
+            cached: false,
+        })
+    }
+
+    /// Stops every projection (each finishes the batch in hand and saves its
+    /// checkpoint), closes the read connections and releases the data directory.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        for projection in &self.projections {
+            let run = projection.run.lock().await.take();
+            if let Some(run) = run {
+                run.stop().await;
+            }
+            if projection.state() != ProjectionState::Failed {
+                projection.set_state(ProjectionState::Stopped, None);
+            }
+        }
+        self.reads.close();
+        self.cache.clear();
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+        self.moved
+            .send_modify(|count| *count = count.wrapping_add(1));
+        tracing::info!("read side stopped");
+    }
+
+    fn spawn(&self, projection: &Arc<Projection>) -> Result<projection::Run, ReadSideError> {
+        let lock = self
+            .lock
+            .lock()
+            .ok()
+            .and_then(|lock| lock.clone())
+            .ok_or_else(|| ReadSideError::Storage("the read side is shut down".into()))?;
+        Ok(projection::spawn(
+            self.context.clone(),
+            Arc::clone(projection),
+            &self.shutdown,
+            lock,
+        ))
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<Projection>, ReadSideError> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| ReadSideError::ProjectionNotFound(name.to_owned()))
+    }
+
+    fn ensure_running(&self) -> Result<(), ReadSideError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ReadSideError::Storage("the read side is shut down".into()));
+        }
+        Ok(())
+    }
+
+    fn status(&self, projection: &Projection) -> ProjectionStatus {
+        let position = projection.position();
+        let head = (*self.store.watch_head().borrow()).max(position);
+        let (state, last_error, definition_changed) = match projection.status.lock() {
+            Ok(status) => (
+                status.state,
+                status.last_error.clone(),
+                status.definition_changed,
+            ),
+            Err(_) => (ProjectionState::Failed, None, false),
+        };
+        ProjectionStatus {
+            name: projection.name().to_owned(),
+            state,
+            position,
+            head_position: head,
+            lag: head - position,
+            events_per_second: projection.events_per_second(),
+            last_error,
+            definition_changed,
+            message: definition_changed.then(|| DEFINITION_CHANGED.to_owned()),
+            rebuild_progress: (state == ProjectionState::Rebuilding).then(|| {
+                if head == 0 {
+                    1.0
+                } else {
+                    position as f64 / head as f64
+                }
+            }),
+        }
+    }
+
+    /// Waits, woken by projections moving, until the query's projections reflect
+    /// `min_position`.
+    async fn wait_for(
+        &self,
+        entry: &QueryEntry,
+        min_position: Position,
+        wait: Duration,
+    ) -> Result<(), ReadSideError> {
+        let mut moved = self.moved.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let position = entry.position();
+            if position >= min_position {
+                return Ok(());
+            }
+            let timeout = || ReadSideError::ConsistencyTimeout {
+                min_position,
+                position,
+            };
+            if self.shutdown.is_cancelled() {
+                return Err(timeout());
+            }
+            match tokio::time::timeout_at(deadline, moved.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(timeout()),
+            }
+        }
+    }
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        // Tasks hold no reference to the read side; stop them with it.
+        self.shutdown.cancel();
+    }
+}
+
+/// The projections whose tables (created by their `setup`) the query names; all of
+/// them when it names none.
+fn projections_read_by(plan: &QueryPlan, projections: &[Arc<Projection>]) -> Vec<Arc<Projection>> {
+    let named: Vec<Arc<Projection>> = projections
+        .iter()
+        .filter(|p| !p.plan.tables.is_disjoint(&plan.identifiers))
+        .cloned()
+        .collect();
+    if named.is_empty() {
+        projections.to_vec()
+    } else {
+        named
+    }
+}
+
+/// On a blocking thread at start: migrates `readmodels.db`, creates new projections,
+/// loads the others, and checks the statements and queries against the schema.
+fn open_projections(
+    path: &std::path::Path,
+    plans: &[Arc<ProjectionPlan>],
+    queries: &[QueryPlan],
+) -> Result<Vec<StoredProjection>, ReadSideError> {
+    let mut connection = db::open_writer(path)?;
+    db::migrate(&mut connection)?;
+    let mut stored = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let name = &plan.config.name;
+        let existing = match db::load(&connection, name)? {
+            Some(existing) => existing,
+            None => {
+                db::create(&mut connection, plan)
+                    .map_err(|e| ReadSideError::Config(format!("projection {name:?}: {e}")))?;
+                tracing::info!(projection = %name, "projection created");
+                db::load(&connection, name)?
+                    .ok_or_else(|| ReadSideError::Storage(format!("projection {name} vanished")))?
+            }
+        };
+        let changed = existing.definition_hash != plan.definition_hash;
+        check_statements(&connection, plan, changed)?;
+        stored.push(existing);
+    }
+    let reader = db::open_reader(path)?;
+    for query in queries {
+        match reader.prepare(&query.sql) {
+            Ok(statement) if !statement.readonly() => {
+                return Err(ReadSideError::Config(format!(
+                    "query {:?}: a query must only read; this one would write",
+                    query.name
+                )));
+            }
+            Ok(_) => {}
+            Err(error) if is_missing_schema(&error) => {
+                tracing::warn!(query = %query.name, %error, "query cannot be checked yet");
+            }
+            Err(error) => {
+                return Err(ReadSideError::Config(format!(
+                    "query {:?}: {error}",
+                    query.name
+                )));
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// Prepares every `on` statement, so a typo is reported at start, not at the first
+/// matching event. A changed definition may name tables or columns that only its
+/// rebuild creates: those errors wait for the events.
+fn check_statements(
+    connection: &rusqlite::Connection,
+    plan: &ProjectionPlan,
+    definition_changed: bool,
+) -> Result<(), ReadSideError> {
+    for (event_type, handler) in &plan.handlers {
+        for (index, statement) in handler.statements.iter().enumerate() {
+            match connection.prepare(&statement.sql) {
+                Ok(prepared) if prepared.column_count() > 0 => {
+                    return Err(ReadSideError::Config(format!(
+                        "projection {:?}: on.{event_type} statement {} returns rows; \
+                         projection statements write (no SELECT, no RETURNING)",
+                        plan.config.name,
+                        index + 1
+                    )));
+                }
+                Ok(_) => {}
+                Err(error)
+                    if error.to_string().contains("no such table")
+                        || (definition_changed && is_missing_schema(&error)) => {}
+                Err(error) => {
+                    return Err(ReadSideError::Config(format!(
+                        "projection {:?}: on.{event_type} statement {}: {error}",
+                        plan.config.name,
+                        index + 1
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_missing_schema(error: &rusqlite::Error) -> bool {
+    let message = error.to_string();
+    message.contains("no such table")
+        || message.contains("no such column")
+        || message.contains("has no column named")
+}

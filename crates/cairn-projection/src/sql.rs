@@ -1,0 +1,319 @@
+//! A small SQL scanner: finds `:name` placeholders (outside string literals, quoted
+//! identifiers and comments) and rewrites them into positional `?N` parameters, so
+//! that dotted names such as `:data.customer.id` work (SQLite's own named parameters
+//! stop at the dot) and every value is bound, never spliced. It also finds the tables a
+//! `setup` creates and the identifiers a query names.
+
+use std::collections::BTreeSet;
+
+/// SQL whose placeholders became `?1`, `?2`, …: `names[i]` is bound to `?{i + 1}`.
+/// A name used twice gets one parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rewritten {
+    pub sql: String,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Token<'a> {
+    /// A bare word (keyword or identifier), as written.
+    Word(&'a str),
+    /// A quoted identifier, without its quotes (doubled quotes left as they are).
+    Quoted(&'a str),
+    /// `:name` or `:name.path.0`, without the colon, at this byte range of the SQL.
+    Placeholder(&'a str, usize, usize),
+    /// A parameter form Cairn does not support (`?`, `?3`, `@x`, `$x`).
+    ForeignParameter(&'a str),
+    /// Anything else that matters to us: `.`, `(`, …
+    Punct(u8),
+}
+
+fn is_word_start(byte: u8) -> bool {
+    byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
+}
+
+/// Splits SQL into the tokens above, skipping white space, literals and comments.
+fn tokens(sql: &str) -> Vec<Token<'_>> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        match byte {
+            b'\'' => i = skip_quoted(bytes, i, b'\''),
+            b'"' | b'`' => {
+                let end = skip_quoted(bytes, i, byte);
+                let inner_end = end.saturating_sub(1).max(i + 1);
+                out.push(Token::Quoted(&sql[i + 1..inner_end]));
+                i = end;
+            }
+            b'[' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| *b == b']')
+                    .map_or(bytes.len(), |p| i + p + 1);
+                out.push(Token::Quoted(&sql[i + 1..end.saturating_sub(1).max(i + 1)]));
+                i = end;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |p| i + p + 1);
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |p| i + 2 + p + 2);
+            }
+            b':' if bytes.get(i + 1).is_some_and(|b| is_word_start(*b)) => {
+                let start = i + 1;
+                let mut end = start;
+                while end < bytes.len() && is_name_byte(bytes[end]) {
+                    end += 1;
+                }
+                // A dotted path: `.segment` while a name byte follows the dot.
+                while end + 1 < bytes.len() && bytes[end] == b'.' && is_name_byte(bytes[end + 1]) {
+                    end += 1;
+                    while end < bytes.len() && is_name_byte(bytes[end]) {
+                        end += 1;
+                    }
+                }
+                out.push(Token::Placeholder(&sql[start..end], i, end));
+                i = end;
+            }
+            b'?' => {
+                let mut end = i + 1;
+                while end < bytes.len() && bytes[end].is_ascii_digit() {
+                    end += 1;
+                }
+                out.push(Token::ForeignParameter(&sql[i..end]));
+                i = end;
+            }
+            b'@' | b'$' if bytes.get(i + 1).is_some_and(|b| is_word_start(*b)) => {
+                let mut end = i + 1;
+                while end < bytes.len() && is_word_byte(bytes[end]) {
+                    end += 1;
+                }
+                out.push(Token::ForeignParameter(&sql[i..end]));
+                i = end;
+            }
+            _ if is_word_start(byte) => {
+                let mut end = i + 1;
+                while end < bytes.len() && is_word_byte(bytes[end]) {
+                    end += 1;
+                }
+                out.push(Token::Word(&sql[i..end]));
+                i = end;
+            }
+            _ if byte.is_ascii_digit() => {
+                // Numbers (including `1e5`, `0x1F`) are not identifiers.
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
+                    i += 1;
+                }
+            }
+            _ if byte.is_ascii_whitespace() => i += 1,
+            _ => {
+                out.push(Token::Punct(byte));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn is_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// The index just past a literal opened by `quote` at `start`; doubled quotes escape.
+fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+/// Rewrites `:name` placeholders into `?N`. Refuses SQLite's other parameter forms, so
+/// that nothing can be bound by accident in an unexpected place.
+pub(crate) fn rewrite(sql: &str) -> Result<Rewritten, String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0;
+    for token in tokens(sql) {
+        match token {
+            Token::Placeholder(name, start, end) => {
+                let index = match names.iter().position(|known| known == name) {
+                    Some(index) => index,
+                    None => {
+                        names.push(name.to_owned());
+                        names.len() - 1
+                    }
+                };
+                out.push_str(&sql[copied..start]);
+                out.push('?');
+                out.push_str(&(index + 1).to_string());
+                copied = end;
+            }
+            Token::ForeignParameter(form) => {
+                return Err(format!(
+                    "the parameter {form:?} is not supported; use :name placeholders"
+                ));
+            }
+            _ => {}
+        }
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Rewritten { sql: out, names })
+}
+
+/// The tables and views that `CREATE [TEMP] [VIRTUAL] TABLE|VIEW [IF NOT EXISTS]
+/// [schema.]name` statements in `sql` create, lower-cased.
+pub(crate) fn created_tables(sql: &str) -> BTreeSet<String> {
+    let tokens = tokens(sql);
+    let mut created = BTreeSet::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if !is_keyword(&tokens[i], "create") {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < tokens.len()
+            && ["temp", "temporary", "virtual"]
+                .iter()
+                .any(|k| is_keyword(&tokens[j], k))
+        {
+            j += 1;
+        }
+        if !(j < tokens.len()
+            && (is_keyword(&tokens[j], "table") || is_keyword(&tokens[j], "view")))
+        {
+            i += 1;
+            continue;
+        }
+        j += 1;
+        if j + 2 < tokens.len()
+            && is_keyword(&tokens[j], "if")
+            && is_keyword(&tokens[j + 1], "not")
+            && is_keyword(&tokens[j + 2], "exists")
+        {
+            j += 3;
+        }
+        let mut name = identifier(tokens.get(j));
+        // `schema.name`: the part after the dot.
+        if tokens.get(j + 1) == Some(&Token::Punct(b'.')) {
+            name = identifier(tokens.get(j + 2)).or(name);
+        }
+        if let Some(name) = name {
+            created.insert(name);
+        }
+        i = j + 1;
+    }
+    created
+}
+
+/// The first bare word of the SQL (its verb), comments skipped.
+pub(crate) fn first_word(sql: &str) -> Option<&str> {
+    match tokens(sql).into_iter().next()? {
+        Token::Word(word) => Some(word),
+        _ => None,
+    }
+}
+
+/// Every identifier (bare or quoted) that `sql` names, lower-cased.
+pub(crate) fn identifiers(sql: &str) -> BTreeSet<String> {
+    tokens(sql)
+        .iter()
+        .filter_map(|token| identifier(Some(token)))
+        .collect()
+}
+
+fn identifier(token: Option<&Token<'_>>) -> Option<String> {
+    match token? {
+        Token::Word(word) | Token::Quoted(word) => Some(word.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn is_keyword(token: &Token<'_>, keyword: &str) -> bool {
+    matches!(token, Token::Word(word) if word.eq_ignore_ascii_case(keyword))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_positional_and_repeat_once() {
+        let rewritten =
+            rewrite("INSERT INTO t VALUES (:data.id, :data.a.0, :stream, :data.id)").unwrap();
+        assert_eq!(rewritten.sql, "INSERT INTO t VALUES (?1, ?2, ?3, ?1)");
+        assert_eq!(rewritten.names, ["data.id", "data.a.0", "stream"]);
+    }
+
+    #[test]
+    fn literals_identifiers_and_comments_are_left_alone() {
+        let sql = "SELECT ':not', \"a:b\", [c:d], `e:f` -- :nope\n FROM t /* :no */ WHERE x = :yes";
+        let rewritten = rewrite(sql).unwrap();
+        assert_eq!(rewritten.names, ["yes"]);
+        assert!(rewritten.sql.ends_with("WHERE x = ?1"));
+        assert!(rewritten.sql.contains("':not'"));
+        let escaped = rewrite("SELECT 'it''s :x', :y").unwrap();
+        assert_eq!(escaped.names, ["y"]);
+    }
+
+    #[test]
+    fn a_trailing_dot_is_not_part_of_the_name() {
+        let rewritten = rewrite("SELECT :a.b. FROM t").unwrap();
+        assert_eq!(rewritten.names, ["a.b"]);
+        assert_eq!(rewritten.sql, "SELECT ?1. FROM t");
+    }
+
+    #[test]
+    fn other_parameter_forms_are_refused() {
+        for sql in ["SELECT ?", "SELECT ?1", "SELECT @x", "SELECT $x"] {
+            let error = rewrite(sql).unwrap_err();
+            assert!(error.contains("not supported"), "{sql}: {error}");
+        }
+        assert!(rewrite("SELECT '?', json_extract(x, '$.a') FROM t").is_ok());
+    }
+
+    #[test]
+    fn created_tables_are_found_in_every_form() {
+        let tables = created_tables(
+            "CREATE TABLE IF NOT EXISTS Orders (id TEXT); create temp table \"Line Items\"(x);
+             CREATE VIEW main.totals AS SELECT 1; CREATE INDEX i ON orders(id);
+             -- CREATE TABLE commented (x)",
+        );
+        assert_eq!(
+            tables.into_iter().collect::<Vec<_>>(),
+            ["line items", "orders", "totals"]
+        );
+    }
+
+    #[test]
+    fn the_first_word_skips_comments() {
+        assert_eq!(first_word("-- hi\n /* x */ select 1"), Some("select"));
+        assert_eq!(first_word("(SELECT 1)"), None);
+    }
+
+    #[test]
+    fn identifiers_include_quoted_ones() {
+        let names = identifiers("SELECT a FROM \"Orders\" o JOIN [x] WHERE b = 'orders'");
+        assert!(names.contains("orders") && names.contains("x") && names.contains("select"));
+        assert!(!names.contains("'orders'"));
+    }
+}
