@@ -52,6 +52,7 @@ macro_rules! conformance_suite {
             group_filter_and_long_poll,
             group_state_survives_reloading,
             group_lifecycle_errors,
+            group_filter_change_keeps_deliveries,
             tail_catches_up_then_follows_live_writers,
             tail_recovers_from_lagging_and_large_commits,
             tail_filters,
@@ -1404,4 +1405,32 @@ pub async fn tail_filters(store: SharedStore) {
         .await
         .unwrap();
     assert!(quiet.is_empty());
+}
+
+pub async fn group_filter_change_keeps_deliveries(store: SharedStore) {
+    let groups = ConsumerGroups::load(Arc::clone(&store)).await.unwrap();
+    ok(&store, "a-1", 1).await;
+    ok(&store, "a-2", 1).await;
+    ok(&store, "b-1", 1).await;
+    let by_category = GroupSettings {
+        filter: EventFilter {
+            category: Some("a".into()),
+            ..Default::default()
+        },
+        ..group_settings(30_000, 5)
+    };
+    groups.put("refilter", by_category).await.unwrap();
+    let claimed = groups.claim("refilter", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&claimed), [1, 2]);
+    groups.ack("refilter", &[2]).await.unwrap();
+    // Widen the filter while 1 is in flight and 2 is acknowledged: neither comes again.
+    groups
+        .put("refilter", group_settings(30_000, 5))
+        .await
+        .unwrap();
+    let next = groups.claim("refilter", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(positions_of(&next), [3]);
+    assert_eq!(groups.status("refilter").await.unwrap().in_flight, 2);
+    groups.ack("refilter", &[1, 3]).await.unwrap();
+    assert_eq!(groups.status("refilter").await.unwrap().checkpoint, 3);
 }

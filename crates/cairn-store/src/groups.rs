@@ -286,9 +286,9 @@ impl ConsumerGroups {
                 let filter_changed = state.settings.filter != settings.filter;
                 state.settings = settings;
                 if filter_changed {
-                    // Read again through the new filter; in-flight events stay.
+                    // Read again through the new filter. Events in flight stay in
+                    // flight and settled ones stay settled: `read_ahead` skips both.
                     state.waiting.clear();
-                    state.done.clear();
                     state.cursor = state.checkpoint + 1;
                 }
                 state.checkpoint
@@ -531,6 +531,10 @@ impl ConsumerGroups {
             .read_all(state.cursor, &state.settings.filter, READ_AHEAD)
             .await?;
         for event in slice.events {
+            if state.in_flight.contains_key(&event.position) || state.done.contains(&event.position)
+            {
+                continue;
+            }
             state.waiting.insert(
                 event.position,
                 Waiting {
