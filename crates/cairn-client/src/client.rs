@@ -25,8 +25,11 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
+    /// Without a whole-request timeout: for subscriptions, whose bodies never end.
+    streaming: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
+    timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,23 +91,29 @@ impl ClientBuilder {
 
     pub fn build(self) -> Result<Client, ClientError> {
         let base = parse_base_url(&self.base_url)?;
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("cairn-client/", env!("CARGO_PKG_VERSION")));
+        let builder = || {
+            let mut http = reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true)
+                .user_agent(concat!("cairn-client/", env!("CARGO_PKG_VERSION")));
+            if let Some(max) = self.pool_max_idle_per_host {
+                http = http.pool_max_idle_per_host(max);
+            }
+            http
+        };
+        let mut http = builder();
         if let Some(timeout) = self.timeout {
             http = http.timeout(timeout);
         }
-        if let Some(max) = self.pool_max_idle_per_host {
-            http = http.pool_max_idle_per_host(max);
-        }
-        let http = http.build().map_err(|error| {
+        let cannot = |error: reqwest::Error| {
             ClientError::Invalid(format!("cannot build the HTTP client: {error}"))
-        })?;
+        };
         Ok(Client {
-            http,
+            http: http.build().map_err(cannot)?,
+            streaming: builder().build().map_err(cannot)?,
             base,
             retry: self.retry,
+            timeout: self.timeout,
         })
     }
 }
@@ -185,8 +194,9 @@ pub struct Written<T> {
     pub attempts: u32,
 }
 
-struct Answer {
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
     replayed: bool,
     attempts: u32,
 }
@@ -373,7 +383,7 @@ impl Client {
         }
         let key = uuid::Uuid::new_v4().to_string();
         let (outcome, attempts) = self
-            .execute_counting(Method::DELETE, url, None, Some(&key), true)
+            .execute_counting(Method::DELETE, url, None, Some(&key), true, None)
             .await;
         match outcome {
             Ok(_) => Ok(()),
@@ -407,7 +417,17 @@ impl Client {
         decode(&answer.body)
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    /// The HTTP client without a whole-request timeout.
+    pub(crate) fn streaming_http(&self) -> &reqwest::Client {
+        &self.streaming
+    }
+
+    /// The whole-request timeout, if any.
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.set_query(None);
         url.set_fragment(None);
@@ -461,7 +481,7 @@ impl Client {
 
     /// Sends a request, again after a transport error or a 503/429 when `retry` (at most
     /// `max_retries` times), and returns a successful answer's body.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         method: Method,
         url: Url,
@@ -469,19 +489,21 @@ impl Client {
         idempotency_key: Option<&str>,
         retry: bool,
     ) -> Result<Answer, ClientError> {
-        self.execute_counting(method, url, body, idempotency_key, retry)
+        self.execute_counting(method, url, body, idempotency_key, retry, None)
             .await
             .0
     }
 
-    /// [`Client::execute`], also telling how many times the request was sent.
-    async fn execute_counting(
+    /// [`Client::execute`], also telling how many times the request was sent; with
+    /// `timeout`, that whole-request timeout replaces the client's.
+    pub(crate) async fn execute_counting(
         &self,
         method: Method,
         url: Url,
         body: Option<Bytes>,
         idempotency_key: Option<&str>,
         retry: bool,
+        timeout: Option<Duration>,
     ) -> (Result<Answer, ClientError>, u32) {
         let max_attempts = if retry { self.retry.max_retries + 1 } else { 1 };
         let mut attempts = 0;
@@ -489,6 +511,9 @@ impl Client {
             attempts += 1;
             let may_retry = attempts < max_attempts;
             let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
             if let Some(body) = &body {
                 request = request
                     .header(CONTENT_TYPE, "application/json")
@@ -525,6 +550,7 @@ impl Client {
             };
             if status.is_success() {
                 break Ok(Answer {
+                    status,
                     body: bytes,
                     replayed,
                     attempts,
@@ -560,7 +586,7 @@ impl Client {
     }
 }
 
-fn is_retryable(error: &reqwest::Error) -> bool {
+pub(crate) fn is_retryable(error: &reqwest::Error) -> bool {
     !(error.is_builder() || error.is_redirect() || error.is_status() || error.is_decode())
 }
 
@@ -569,7 +595,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let status = status.as_u16();
     if let Ok(body) = serde_json::from_slice::<ErrorBody>(body) {
         return ClientError::Api { status, body };
@@ -587,7 +613,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     ClientError::from_unstructured(status, &String::from_utf8_lossy(body))
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
     serde_json::from_slice(body).map_err(|error| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         ClientError::Decode(format!("{error} in {text:?}"))

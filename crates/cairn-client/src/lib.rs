@@ -17,6 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Subscriptions ([`Client::subscribe`]) are async streams that reconnect by themselves
+//! and resume after the last event seen; consumer groups have typed calls
+//! ([`Client::claim`], [`Client::ack`], …) and a worker ([`GroupWorker`]) that claims,
+//! handles with bounded concurrency, and acks or nacks.
+//!
 //! Writes are safe to retry: every write carries an `Idempotency-Key` and the client
 //! re-sends the same request with the same key after a transport error or a 503.
 //!
@@ -27,11 +32,18 @@ mod client;
 mod decider;
 mod error;
 mod event;
+mod groups;
+mod sse;
+mod subscribe;
+mod worker;
 
 pub use cairn_api::{
-    AppendCondition, AppendRequest, AppendResponse, ErrorBody, ErrorCode, Event, EventInput,
-    EventQuery, ExpectedVersion, Health, MultiAppendRequest, MultiAppendResponse, MultiEventInput,
-    ReadAllResponse, ReadStreamResponse, StreamInfo, StreamList,
+    AckRequest, AppendCondition, AppendRequest, AppendResponse, ClaimRequest, ClaimResponse,
+    Delivery, ErrorBody, ErrorCode, Event, EventFilterSpec, EventInput, EventQuery,
+    ExpectedVersion, GroupList, GroupOrdering, GroupRequest, GroupSettingsView, GroupStatus,
+    Health, MultiAppendRequest, MultiAppendResponse, MultiEventInput, NackRequest, ParkedEvent,
+    ParkedList, ReadAllResponse, ReadStreamResponse, ReplayParkedRequest, ReplayParkedResponse,
+    SettleResponse, StreamInfo, StreamList,
 };
 pub use client::{
     Client, ClientBuilder, Direction, ReadAllOptions, ReadStreamOptions, WriteOptions, Written,
@@ -39,3 +51,6 @@ pub use client::{
 pub use decider::{DecideError, DecideOptions, Decided};
 pub use error::ClientError;
 pub use event::{EventExt, EventInputExt, event, event_from};
+pub use groups::GroupPut;
+pub use subscribe::{RawEvent, RawSubscription, ReconnectPolicy, SubscribeOptions, Subscription};
+pub use worker::{GroupWorker, Nack, WorkerStats};

@@ -283,6 +283,9 @@ pub async fn execute(
         fingerprint: fingerprint(&write.method, &write.path, body),
         render,
     });
+    // Past every check: the append goes to the store and is waited for, whatever the
+    // request timeout says (see `middleware::Commitment`).
+    write.commitment.commit();
     match state.store.append(request).await? {
         AppendOutcome::Committed(result) => Ok(json_response(StatusCode::CREATED, render(&result))),
         AppendOutcome::Replayed { body } => {

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::error::ApiError;
+use crate::middleware::Commitment;
 use crate::{AppState, Limits};
 
 /// The `limit` of a read when the request names none.
@@ -52,10 +53,41 @@ pub async fn read_body(
     }
 }
 
+/// Reads a whole body (within `limits.max_body_bytes`) and parses it as JSON into `T`,
+/// as [`read_body`] and [`decode_json`] do.
+pub async fn read_json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &Limits,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, content_length(headers), limits.max_body_bytes).await?;
+    decode_json(&bytes, limits)
+}
+
+/// The `Content-Length` header, when it is a number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Parses a JSON body into `T`, whatever its `Content-Type`: first the depth check
 /// (before any parsing), then UTF-8, then serde. Syntax errors are `invalid_json`;
-/// well-formed JSON of the wrong shape is `invalid_request` with serde's message.
+/// well-formed JSON of the wrong shape is `invalid_request` with serde's message. Every
+/// request body of the API is an object: serde would also take a struct written as an
+/// array of its fields, which is refused here.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8], limits: &Limits) -> Result<T, ApiError> {
+    let value = decode_any_json(bytes, limits)?;
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn decode_any_json<T: DeserializeOwned>(bytes: &[u8], limits: &Limits) -> Result<T, ApiError> {
     let depth = cairn_core::json_depth(bytes);
     if depth > limits.max_json_depth {
         return Err(ApiError::invalid_json(format!(
@@ -125,23 +157,22 @@ pub struct WriteContext {
     pub idempotency_key: Option<String>,
     /// A valid W3C `traceparent`, stored in each event's metadata.
     pub traceparent: Option<String>,
+    /// Marks the moment the write is handed to the store: from then on the request
+    /// timeout waits for the store's answer instead of abandoning it.
+    pub commitment: Commitment,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WriteContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let content_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
         Ok(Self {
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
-            content_length,
+            content_length: content_length(&parts.headers),
             idempotency_key: idempotency_key(&parts.headers)?,
             traceparent: traceparent(&parts.headers).map(str::to_owned),
+            commitment: Commitment::of(parts),
         })
     }
 }
@@ -394,30 +425,161 @@ impl FromRequestParts<AppState> for ReadAllQuery {
                 "stream",
             ],
         )?;
-        let from_position = match params.u64("from_position")? {
-            None => 1,
-            Some(0) => {
-                return Err(invalid_parameter(
-                    "from_position",
-                    "query parameter `from_position` must be at least 1 (positions start at 1)"
-                        .to_owned(),
-                ));
-            }
-            Some(position) => position,
-        };
-        let stream = params
-            .get("stream")
-            .map(|name| parse_stream_name(name).map(|name| name.as_str().to_owned()))
-            .transpose()?;
         Ok(Self {
-            from_position,
+            from_position: from_position(&params)?.unwrap_or(1),
             limit: params.limit("limit", DEFAULT_READ_LIMIT, state.limits.max_read_limit)?,
-            filter: EventFilter {
-                category: params.get("category").map(str::to_owned),
-                types: params.list("types"),
-                tags: params.list("tags"),
-                stream,
-            },
+            filter: log_filter(&params)?,
+        })
+    }
+}
+
+/// The `from_position` parameter: a position (≥ 1) when given.
+fn from_position(params: &QueryParams<'_>) -> Result<Option<Position>, ApiError> {
+    match params.u64("from_position")? {
+        Some(0) => Err(invalid_parameter(
+            "from_position",
+            "query parameter `from_position` must be at least 1 (positions start at 1)".to_owned(),
+        )),
+        position => Ok(position),
+    }
+}
+
+/// The filter parameters of a log read or a subscription: `category`, `types`, `tags`
+/// and `stream` (a valid stream name).
+fn log_filter(params: &QueryParams<'_>) -> Result<EventFilter, ApiError> {
+    let stream = params
+        .get("stream")
+        .map(|name| parse_stream_name(name).map(|name| name.as_str().to_owned()))
+        .transpose()?;
+    Ok(EventFilter {
+        category: params.get("category").map(str::to_owned),
+        types: params.list("types"),
+        tags: params.list("tags"),
+        stream,
+    })
+}
+
+/// The SSE header naming the last event a reconnecting client received.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeStart {
+    /// After this position (`Last-Event-ID`).
+    After(Position),
+    /// At this position (`from_position`).
+    At(Position),
+    /// After the head: new events only.
+    New,
+}
+
+/// `GET /v1/subscribe?from_position=&category=&types=&tags=&stream=` with an optional
+/// `Last-Event-ID` header (which wins over `from_position`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeQuery {
+    pub start: SubscribeStart,
+    pub filter: EventFilter,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SubscribeQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let params = QueryParams::parse(
+            query_of(parts),
+            &["from_position", "category", "types", "tags", "stream"],
+        )?;
+        let from_position = from_position(&params)?;
+        let filter = log_filter(&params)?;
+        let start = match (last_event_id(&parts.headers)?, from_position) {
+            (Some(last), _) => SubscribeStart::After(last),
+            (None, Some(position)) => SubscribeStart::At(position),
+            (None, None) => SubscribeStart::New,
+        };
+        Ok(Self { start, filter })
+    }
+}
+
+/// The `Last-Event-ID` header: a position (an integer ≥ 0), once; empty counts as
+/// absent.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
+    let mut values = headers.get_all(LAST_EVENT_ID_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refuse = |message: &str| {
+        Err(ApiError::invalid_request(message.to_owned()).with("header", "Last-Event-ID"))
+    };
+    if values.next().is_some() {
+        return refuse("the Last-Event-ID header is given more than once");
+    }
+    let Ok(text) = value.to_str() else {
+        return refuse("the Last-Event-ID header must be a log position (an integer ≥ 0)");
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return refuse("the Last-Event-ID header must be a log position (an integer ≥ 0)");
+    }
+    match text.parse() {
+        Ok(position) => Ok(Some(position)),
+        Err(_) => refuse("the Last-Event-ID header is too large to be a log position"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Consumer groups
+// ---------------------------------------------------------------------------------
+
+/// The `{group}` path segment, percent-decoded and validated: group names follow the
+/// rules of stream names (1–200 characters from `[A-Za-z0-9_.:@-]`, not starting with
+/// `$`). A bad one is 400 `invalid_request` naming `group`.
+#[derive(Debug, Clone)]
+pub struct GroupPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::invalid_request(format!("invalid group name in the path: {rejection}"))
+                    .with("parameter", "group")
+            })?;
+        match StreamName::parse(&raw) {
+            Ok(_) => Ok(GroupPath(raw)),
+            Err(error) => Err(ApiError::invalid_request(format!(
+                "invalid group name: {}",
+                error.message.replace("stream name", "group name")
+            ))
+            .with("parameter", "group")
+            .with("group", raw)),
+        }
+    }
+}
+
+/// `GET /v1/groups/{group}/parked?after=&limit=`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedQuery {
+    /// Only parked events after this position (exclusive; 0: from the start).
+    pub after: Position,
+    pub limit: usize,
+}
+
+impl FromRequestParts<AppState> for ParkedQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let params = QueryParams::parse(query_of(parts), &["after", "limit"])?;
+        Ok(Self {
+            after: params.u64("after")?.unwrap_or(0),
+            limit: params.limit("limit", DEFAULT_READ_LIMIT, state.limits.max_read_limit)?,
         })
     }
 }

@@ -1,24 +1,32 @@
-//! Cairn's HTTP server: the v1 API, health, metrics and the OpenAPI document.
+//! Cairn's HTTP server: the v1 API (streams, the global log, SSE subscriptions,
+//! consumer groups), health, metrics and the OpenAPI document.
 //!
 //! **Architecture invariants:** handlers are thin (decode a `cairn-api` type, call the
 //! store, encode the answer); one function maps error codes to statuses; a bad request
-//! never writes anything and never takes the server down.
+//! never writes anything and never takes the server down; the request timeout never
+//! abandons work handed to the store (`middleware::Commitment`), so a 503 means nothing
+//! was written; a subscriber holds a bounded amount of server memory whatever its
+//! client does (`sse`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_store::SharedStore;
+use cairn_store::groups::ConsumerGroups;
+use cairn_store::{SharedStore, StoreError};
 
 mod append;
 mod encode;
 pub mod error;
 pub mod extract;
+mod groups;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod sse;
 
 pub use error::ApiError;
+pub use sse::{SubscriptionOptions, Subscriptions};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone)]
@@ -51,18 +59,41 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub store: SharedStore,
+    /// The store's consumer groups, loaded once per process.
+    pub groups: Arc<ConsumerGroups>,
     pub limits: Arc<Limits>,
-    /// How long a request may take before it is answered 503.
+    /// How long a request may take before it is answered 503 (zero: no limit). Work
+    /// already handed to the store (an append, a claim) is always waited for.
     pub request_timeout: Duration,
+    /// Live SSE subscriptions: their settings, count and shutdown signal.
+    pub subscriptions: Arc<Subscriptions>,
+    /// Serialises creating and deleting groups, so that `PUT` can tell 201 from 200.
+    pub(crate) group_admin: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
-    pub fn new(store: SharedStore, limits: Limits, request_timeout: Duration) -> Self {
-        Self {
+    /// The state of a server on `store`: loads the stored consumer groups (deliveries
+    /// resume after each checkpoint). Subscriptions get the default options.
+    pub async fn open(
+        store: SharedStore,
+        limits: Limits,
+        request_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let groups = ConsumerGroups::load(Arc::clone(&store)).await?;
+        Ok(Self {
             store,
+            groups: Arc::new(groups),
             limits: Arc::new(limits),
             request_timeout,
-        }
+            subscriptions: Arc::new(Subscriptions::new(SubscriptionOptions::default())),
+            group_admin: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The same state with other subscription options (before serving).
+    pub fn with_subscription_options(mut self, options: SubscriptionOptions) -> Self {
+        self.subscriptions = Arc::new(Subscriptions::new(options));
+        self
     }
 }
 
@@ -73,8 +104,8 @@ pub fn app(state: AppState) -> axum::Router {
     routes::router(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then drains in-flight
-/// requests.
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then ends the live
+/// subscriptions (they would never finish by themselves) and drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -86,7 +117,11 @@ pub async fn serve(
             tracing::debug!(target: "cairn::http", %error, "could not set TCP_NODELAY");
         }
     });
+    let subscriptions = Arc::clone(&state.subscriptions);
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            subscriptions.close_all();
+        })
         .await
 }

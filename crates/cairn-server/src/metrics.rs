@@ -11,6 +11,13 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 pub const HTTP_REQUESTS_TOTAL: &str = "cairn_http_requests_total";
 /// Histogram `{method, route}`: seconds from request to response head.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "cairn_http_request_duration_seconds";
+/// Gauge: SSE subscriptions (`/v1/subscribe`) being served.
+pub const SUBSCRIPTIONS_ACTIVE: &str = "cairn_subscriptions_active";
+/// Counter: events pushed to SSE subscribers.
+pub const SUBSCRIPTION_EVENTS_TOTAL: &str = "cairn_subscription_events_total";
+/// Counter `{reason}`: SSE subscribers the server dropped (`slow_consumer`: the client
+/// did not read fast enough).
+pub const SUBSCRIPTIONS_DROPPED_TOTAL: &str = "cairn_subscriptions_dropped_total";
 
 // The store's histograms (`cairn_store::metrics`) get their buckets here, where the
 // recorder is built.
@@ -94,6 +101,34 @@ fn describe() {
         HTTP_REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
         "Time from request to response head, by method and route template."
+    );
+    metrics::describe_gauge!(
+        SUBSCRIPTIONS_ACTIVE,
+        "Server-Sent Events subscriptions being served."
+    );
+    metrics::describe_counter!(
+        SUBSCRIPTION_EVENTS_TOTAL,
+        "Events pushed to Server-Sent Events subscribers."
+    );
+    metrics::describe_counter!(
+        SUBSCRIPTIONS_DROPPED_TOTAL,
+        "Subscribers dropped by the server, by reason (slow_consumer: the client did not read fast enough)."
+    );
+    metrics::describe_gauge!(
+        cairn_store::metrics::GROUP_LAG,
+        "Log positions between a consumer group's checkpoint and the head, by group."
+    );
+    metrics::describe_counter!(
+        cairn_store::metrics::GROUP_DELIVERIES,
+        "Events delivered by a consumer group (first deliveries and redeliveries), by group."
+    );
+    metrics::describe_counter!(
+        cairn_store::metrics::GROUP_REDELIVERIES,
+        "Events delivered again after an ack timeout or a nack, by group."
+    );
+    metrics::describe_counter!(
+        cairn_store::metrics::GROUP_PARKED,
+        "Events parked after their last delivery, by group."
     );
 }
 

@@ -1,11 +1,21 @@
 //! The one request middleware (a log line, metrics and the request timeout) and the
 //! answer to a panicking handler.
+//!
+//! The request timeout never abandons work already handed to the store: a handler
+//! marks that moment with [`Commitment::commit`], after which the middleware waits for
+//! the handler's answer however long it takes (the store always answers). Before it
+//! (reading and checking the body, say) a slow request is cut off with 503, and nothing
+//! was written. Otherwise a client told 503 could retry an append that was committed
+//! after all, and append it twice.
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -16,11 +26,50 @@ use crate::extract::{trace_id_of, traceparent};
 use crate::metrics::{UNMATCHED_ROUTE, record_request};
 use crate::routes::ROUTES;
 
+/// Whether a request's handler has handed work to the store that must not be
+/// abandoned (an append, a delete, a claim, a group change). Shared by the middleware
+/// and the handler through the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Commitment(Arc<AtomicBool>);
+
+impl Commitment {
+    /// From here on, the request is answered with the store's outcome, never with a
+    /// timeout. Call it right before handing the work to the store, after every check
+    /// that may refuse the request.
+    pub fn commit(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The request's commitment (a detached one when the middleware is not in place).
+    pub fn of(parts: &http::request::Parts) -> Self {
+        parts.extensions.get::<Self>().cloned().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Commitment {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts))
+    }
+}
+
 /// Times the request, answers 503 `unavailable` when it outlives
-/// `state.request_timeout` (zero means no limit), records the request metrics and logs
-/// one line: method, route template, status, latency and, given a `traceparent`, the
-/// trace id.
-pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// `state.request_timeout` (zero means no limit) before its handler committed work to
+/// the store, records the request metrics and logs one line: method, route template,
+/// status, latency and, given a `traceparent`, the trace id.
+///
+/// The handler runs inside this task's future, so the check of the commitment after
+/// the timer fired cannot race with the handler: either it committed in an earlier
+/// poll (and is waited for) or it has not handed anything over (and is dropped).
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = route_label(request.extensions().get::<MatchedPath>());
@@ -34,12 +83,23 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         trace_id = trace_id.as_deref(),
     );
     let timeout = state.request_timeout;
+    let commitment = Commitment::default();
+    request.extensions_mut().insert(commitment.clone());
     let response = async move {
         if timeout.is_zero() {
             return next.run(request).await;
         }
-        match tokio::time::timeout(timeout, next.run(request)).await {
+        let mut handler = std::pin::pin!(next.run(request));
+        match tokio::time::timeout(timeout, handler.as_mut()).await {
             Ok(response) => response,
+            Err(_) if commitment.is_committed() => {
+                tracing::debug!(
+                    target: "cairn::http",
+                    ?timeout,
+                    "request over its time limit, but its work is with the store: waiting for the answer"
+                );
+                handler.await
+            }
             Err(_) => {
                 tracing::warn!(target: "cairn::http", ?timeout, "request timed out");
                 ApiError::request_timeout().into_response()

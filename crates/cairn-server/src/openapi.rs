@@ -9,13 +9,17 @@ use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, SchemaType};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 
 use crate::Limits;
-use crate::routes::{events, ops, streams};
+use crate::groups::{
+    MAX_ACK_TIMEOUT_MS, MAX_CLAIM, MAX_CLAIM_WAIT_MS, MAX_CONSUMER_LEN, MAX_DELIVERIES,
+    MAX_POSITIONS, MAX_RETRY_AFTER_MS,
+};
+use crate::routes::{events, groups, ops, streams, subscribe};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Cairn",
-        description = "Cairn's HTTP API v1: append-only event streams with optimistic concurrency and a gapless global log.\n\nErrors always look like `{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", …details}}`. An unknown path answers 404 `not_found`; a known path with another method answers 405 `method_not_allowed`.",
+        description = "Cairn's HTTP API v1: append-only event streams with optimistic concurrency and a gapless global log, live subscriptions (Server-Sent Events) and consumer groups.\n\nErrors always look like `{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", …details}}`. An unknown path answers 404 `not_found`; a known path with another method answers 405 `method_not_allowed`.",
     ),
     paths(
         streams::append_to_stream,
@@ -25,6 +29,16 @@ use crate::routes::{events, ops, streams};
         streams::list_streams,
         events::append_to_streams,
         events::read_all,
+        subscribe::subscribe,
+        groups::list_groups,
+        groups::put_group,
+        groups::get_group,
+        groups::delete_group,
+        groups::claim,
+        groups::ack,
+        groups::nack,
+        groups::list_parked,
+        groups::replay_parked,
         ops::live,
         ops::ready,
         ops::metrics,
@@ -49,11 +63,28 @@ use crate::routes::{events, ops, streams};
         cairn_api::StreamList,
         cairn_api::ReadAllResponse,
         cairn_api::Health,
+        cairn_api::EventFilterSpec,
+        cairn_api::GroupOrdering,
+        cairn_api::GroupRequest,
+        cairn_api::GroupSettingsView,
+        cairn_api::GroupStatus,
+        cairn_api::GroupList,
+        cairn_api::ClaimRequest,
+        cairn_api::Delivery,
+        cairn_api::ClaimResponse,
+        cairn_api::AckRequest,
+        cairn_api::NackRequest,
+        cairn_api::SettleResponse,
+        cairn_api::ParkedEvent,
+        cairn_api::ParkedList,
+        cairn_api::ReplayParkedRequest,
+        cairn_api::ReplayParkedResponse,
         ReadDirection,
     )),
     tags(
         (name = "streams", description = "Append to and read single streams."),
-        (name = "events", description = "Multi-stream appends and the global log."),
+        (name = "events", description = "Multi-stream appends, the global log and live subscriptions."),
+        (name = "groups", description = "Consumer groups: competing consumers with at-least-once delivery, acks, retries and parking."),
         (name = "operations", description = "Health, metrics and this document."),
     )
 )]
@@ -112,9 +143,14 @@ impl utoipa::IntoResponses for ServerErrors {
 pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
     for item in document.paths.paths.values_mut() {
-        for operation in [&mut item.get, &mut item.post, &mut item.delete]
-            .into_iter()
-            .flatten()
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
         {
             set_limit_maximum(operation, limits.max_read_limit);
         }
@@ -156,7 +192,103 @@ pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
             events.max_items = Some(limits.max_events_per_request);
         }
     }
+    constrain_group_schemas(schemas);
     document
+}
+
+/// The checks of `crate::groups`, written into the consumer-group schemas.
+fn constrain_group_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>) {
+    set_range(schemas, "GroupRequest", "from_position", 1, None);
+    set_range(
+        schemas,
+        "GroupRequest",
+        "ack_timeout_ms",
+        1,
+        Some(MAX_ACK_TIMEOUT_MS),
+    );
+    set_range(
+        schemas,
+        "GroupRequest",
+        "max_deliveries",
+        1,
+        Some(u64::from(MAX_DELIVERIES)),
+    );
+    set_range(
+        schemas,
+        "ClaimRequest",
+        "max",
+        1,
+        Some(u64::from(MAX_CLAIM)),
+    );
+    set_range(
+        schemas,
+        "ClaimRequest",
+        "wait_ms",
+        0,
+        Some(MAX_CLAIM_WAIT_MS),
+    );
+    set_range(
+        schemas,
+        "NackRequest",
+        "retry_after_ms",
+        0,
+        Some(MAX_RETRY_AFTER_MS),
+    );
+    if let Some(RefOr::T(Schema::Object(consumer))) = property(schemas, "ClaimRequest", "consumer")
+    {
+        consumer.min_length = Some(1);
+        consumer.max_length = Some(MAX_CONSUMER_LEN);
+    }
+    for name in ["AckRequest", "NackRequest", "ReplayParkedRequest"] {
+        if let Some(RefOr::T(Schema::Array(positions))) = property(schemas, name, "positions") {
+            positions.min_items = Some(1);
+            positions.max_items = Some(MAX_POSITIONS);
+            if let ArrayItems::RefOrSchema(item) = &mut positions.items
+                && let RefOr::T(Schema::Object(position)) = item.as_mut()
+            {
+                position.minimum = Some(1.into());
+            }
+        }
+    }
+    if let Some(RefOr::T(Schema::Object(stream))) = property(schemas, "EventFilterSpec", "stream") {
+        stream.pattern = Some(STREAM_NAME_PATTERN.to_owned());
+    }
+    if let Some(RefOr::T(Schema::Array(types))) = property(schemas, "EventFilterSpec", "types")
+        && let ArrayItems::RefOrSchema(item) = &mut types.items
+        && let RefOr::T(Schema::Object(event_type)) = item.as_mut()
+    {
+        event_type.min_length = Some(1);
+        event_type.max_length = Some(MAX_TYPE_LEN);
+        event_type.pattern = Some(NO_CONTROL_CHARACTERS.to_owned());
+    }
+    if let Some(RefOr::T(Schema::Array(tags))) = property(schemas, "EventFilterSpec", "tags") {
+        tags.max_items = Some(MAX_TAGS);
+        if let ArrayItems::RefOrSchema(item) = &mut tags.items
+            && let RefOr::T(Schema::Object(tag)) = item.as_mut()
+        {
+            tag.min_length = Some(1);
+            tag.max_length = Some(MAX_TAG_LEN);
+            tag.pattern = Some(NO_CONTROL_CHARACTERS.to_owned());
+        }
+    }
+}
+
+/// What `cairn_core`'s labels (event types, tags) may not contain: control characters
+/// (Unicode category Cc, as `char::is_control`).
+pub const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+
+/// Sets the bounds of a numeric property.
+fn set_range(
+    schemas: &mut BTreeMap<String, RefOr<Schema>>,
+    schema: &str,
+    name: &str,
+    minimum: u64,
+    maximum: Option<u64>,
+) {
+    if let Some(RefOr::T(Schema::Object(number))) = property(schemas, schema, name) {
+        number.minimum = Some(minimum.into());
+        number.maximum = maximum.map(Into::into);
+    }
 }
 
 /// What `cairn_core::EventType::validate` and `Tag::validate_all` accept (the crate

@@ -14,6 +14,8 @@ Examples:
   cairn read order-17
   cairn read --all --category order --follow-pages
   cairn streams --prefix order-
+  cairn tail --category order
+  cairn groups create billing --category order --ack-timeout 30s
   cairn bench append-batch --clients 8 --duration 30s";
 
 const SERVE_EXAMPLES: &str = "\
@@ -54,14 +56,60 @@ Examples:
   cairn streams
   cairn streams --prefix order- --limit 20";
 
+const TAIL_EXAMPLES: &str = "\
+Examples:
+  cairn tail
+  cairn tail --category order --types OrderPlaced,OrderShipped
+  cairn tail --stream order-17 --from 1
+  cairn tail --tags customer:7 --format json | jq .data
+
+Events are printed as they are appended: one readable line each on a terminal, JSON Lines
+(the event as `cairn read` prints it) otherwise. Without --from only new events are shown.
+A dropped connection (a server restart, a slow terminal) is resumed after the last event
+shown, with no gap and no duplicate. Ctrl-C stops.";
+
+const GROUPS_EXAMPLES: &str = "\
+Examples:
+  cairn groups list
+  cairn groups create billing --category order --ack-timeout 30s --max-deliveries 5
+  cairn groups create shipping --from 1 --types OrderPaid --ordering per_stream
+  cairn groups status billing
+  cairn groups parked billing
+  cairn groups replay-parked billing --position 42 --position 43
+  cairn groups delete billing
+
+A consumer group hands each matching event to one of its consumers (competing
+consumers) and redelivers it until it is acknowledged; after --max-deliveries it is
+parked. Output is readable text on a terminal and JSON otherwise.";
+
+const GROUPS_CREATE_EXAMPLES: &str = "\
+Examples:
+  cairn groups create billing --category order
+  cairn groups create audit --from 1 --tags customer:7 --ack-timeout 2m
+  cairn groups create shipping --types OrderPaid,OrderCancelled --ordering per_stream
+
+On an existing group this replaces its settings (flags left out take their defaults)
+and keeps its checkpoint; --from only applies when the group is created.";
+
 const BENCH_EXAMPLES: &str = "\
 Without --url an embedded server is started on a temporary data directory and an
 ephemeral port, and removed afterwards.
 
+Scenarios:
+  append        one event per request, closed loop, --clients at a time
+  append-batch  --batch-size events per request
+  read          pages of 100 events from pre-populated streams
+  e2e           appends at --rate events/s while --subscribers SSE subscribers follow the
+                log; latency is from the append being sent to the event's delivery
+  group         pre-appends --events events, then --workers consumer-group workers claim
+                (--batch-size at a time) and ack at once; latency is the claim's
+
 Examples:
   cairn bench
   cairn bench append-batch --batch-size 500 --clients 4 --duration 30s
-  cairn bench read --url http://127.0.0.1:7171 --json > result.json";
+  cairn bench read --url http://127.0.0.1:7171 --json > result.json
+  cairn bench e2e --rate 5000 --subscribers 100 --duration 30s
+  cairn bench group --events 100000 --workers 8";
 
 /// Cairn: an event-sourcing and CQRS server in one binary.
 #[derive(Debug, Parser)]
@@ -85,6 +133,12 @@ pub enum Command {
     /// List stream names, one a line.
     #[command(after_help = STREAMS_EXAMPLES)]
     Streams(StreamsArgs),
+    /// Print events as they are appended (follows the log over Server-Sent Events).
+    #[command(after_help = TAIL_EXAMPLES)]
+    Tail(TailArgs),
+    /// Manage consumer groups: list, status, create, delete, parked events.
+    #[command(after_help = GROUPS_EXAMPLES)]
+    Groups(GroupsArgs),
     /// Load-test a Cairn server and report throughput and latency percentiles.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
@@ -254,6 +308,146 @@ pub struct StreamsArgs {
     pub client: ClientArgs,
 }
 
+/// How `cairn tail` prints events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TailFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event (JSON Lines).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Global position to start at, inclusive (1: the whole log) [default: new events only].
+    #[arg(long, value_name = "POSITION", value_parser = clap::value_parser!(u64).range(1..))]
+    pub from: Option<u64>,
+    /// Only events of streams in this category (`order` for `order-17`).
+    #[arg(long, value_name = "CATEGORY")]
+    pub category: Option<String>,
+    /// Only events of these types (comma-separated: any of them).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events with these tags (comma-separated: all of them).
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Only events of this stream.
+    #[arg(long, value_name = "STREAM")]
+    pub stream: Option<String>,
+    /// Output format [default: text on a terminal, json otherwise].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<TailFormat>,
+    /// Exit after printing this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    #[command(subcommand)]
+    pub command: GroupsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// List every consumer group with its checkpoint, lag and counts.
+    List(GroupsListArgs),
+    /// Show one group: checkpoint, head, lag, in flight, waiting, parked and settings.
+    Status(GroupNameArgs),
+    /// Create a group, or replace an existing group's settings.
+    #[command(after_help = GROUPS_CREATE_EXAMPLES)]
+    Create(GroupCreateArgs),
+    /// Delete a group with its checkpoint and parked events.
+    Delete(GroupNameArgs),
+    /// List a group's parked events (those that ran out of deliveries).
+    Parked(GroupParkedArgs),
+    /// Bring parked events back into delivery: all of them, or those given.
+    ReplayParked(GroupReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupNameArgs {
+    /// The group's name.
+    pub group: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Delivery order within a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderingArg {
+    /// Any events may be in flight together.
+    None,
+    /// At most one event per stream in flight, in version order.
+    #[value(name = "per_stream", alias = "per-stream")]
+    PerStream,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupCreateArgs {
+    /// The group's name.
+    pub group: String,
+    /// The first global position the group delivers, on creation [default: 1].
+    #[arg(long, value_name = "POSITION", value_parser = clap::value_parser!(u64).range(1..))]
+    pub from: Option<u64>,
+    /// Only events of streams in this category (`order` for `order-17`).
+    #[arg(long, value_name = "CATEGORY")]
+    pub category: Option<String>,
+    /// Only events of these types (comma-separated: any of them).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events with these tags (comma-separated: all of them).
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Only events of this stream.
+    #[arg(long, value_name = "STREAM")]
+    pub stream: Option<String>,
+    /// How long a claimed event may stay unacknowledged before it is delivered again, e.g. 30s, 2m [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub ack_timeout: Option<std::time::Duration>,
+    /// Deliveries of one event before it is parked [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: Option<u32>,
+    /// Delivery order: none, or per_stream (one event per stream in flight) [default: none].
+    #[arg(long, value_enum, value_name = "ORDERING")]
+    pub ordering: Option<OrderingArg>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupParkedArgs {
+    /// The group's name.
+    pub group: String,
+    /// Start after this position.
+    #[arg(long, value_name = "POSITION")]
+    pub after: Option<u64>,
+    /// Print at most this many [default: all].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupReplayArgs {
+    /// The group's name.
+    pub group: String,
+    /// A parked event's position (repeatable, or comma-separated) [default: every parked event].
+    #[arg(long = "position", value_name = "POSITION", value_delimiter = ',')]
+    pub positions: Vec<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// One event per append request, each client on its own stream.
@@ -262,6 +456,10 @@ pub enum Scenario {
     AppendBatch,
     /// Reads of 100 events from a few pre-populated streams.
     Read,
+    /// Appends at --rate while --subscribers SSE subscribers receive them: append-to-delivery latency.
+    E2e,
+    /// --workers consumer-group workers claim and ack --events pre-appended events.
+    Group,
 }
 
 impl Scenario {
@@ -270,6 +468,8 @@ impl Scenario {
             Scenario::Append => "append",
             Scenario::AppendBatch => "append-batch",
             Scenario::Read => "read",
+            Scenario::E2e => "e2e",
+            Scenario::Group => "group",
         }
     }
 }
@@ -288,9 +488,21 @@ pub struct BenchArgs {
     /// Size of each event's data, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 300)]
     pub payload_bytes: usize,
-    /// Events per request in the append-batch scenario (1–1000).
+    /// Events per request in the append-batch scenario; events per claim in the group scenario (1–1000).
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
+    /// e2e: events appended per second, spread over the clients (open loop).
+    #[arg(long, value_name = "EVENTS_PER_S", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+    /// e2e: SSE subscribers receiving every event.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub subscribers: u32,
+    /// group: events appended before the workers start.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// group: consumer-group workers, each claiming and acking one batch at a time.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
     /// The server to load; an embedded server on a temporary directory when absent.
     #[arg(long, env = "CAIRN_URL", value_name = "URL")]
     pub url: Option<String>,

@@ -46,13 +46,20 @@ impl RunningServer {
             .context("opening the store panicked")?
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
         let store: SharedStore = Arc::new(store);
+        let state = AppState::open(store.clone(), config.limits, config.request_timeout)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot load the consumer groups in {}",
+                    config.data_dir.display()
+                )
+            })?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener
             .local_addr()
             .context("the listener has no address")?;
-        let state = AppState::new(store.clone(), config.limits, config.request_timeout);
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         let task = tokio::spawn(async move {

@@ -50,6 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Append(args) => commands::append::run(args).await,
         Command::Read(args) => commands::read::run(args).await,
         Command::Streams(args) => commands::streams::run(args).await,
+        Command::Tail(args) => commands::tail::run(args).await,
+        Command::Groups(args) => commands::groups::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
     }
 }

@@ -12,43 +12,103 @@ use cairn_client::{
 };
 use serde_json::json;
 
+mod groups;
+mod subscribe;
+
 /// A Cairn server serving on 127.0.0.1:<ephemeral> until dropped.
-struct TestServer {
-    url: String,
+pub(crate) struct TestServer {
+    pub(crate) url: String,
+    port: u16,
+    options: cairn_server::SubscriptionOptions,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    store: Option<cairn_store::SharedStore>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(cairn_server::SubscriptionOptions::default()).await
+    }
+
+    /// A server whose subscriptions behave as `options` say.
+    pub(crate) async fn start_with(options: cairn_server::SubscriptionOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let options = cairn_store::sqlite::SqliteOptions::new(dir.path().join("data"));
-        let store =
-            tokio::task::spawn_blocking(move || cairn_store::sqlite::SqliteStore::open(options))
-                .await
-                .unwrap()
-                .expect("the store opens");
-        let state = cairn_server::AppState::new(
-            Arc::new(store),
+        Self::open(dir, 0, options).await
+    }
+
+    async fn open(
+        dir: tempfile::TempDir,
+        port: u16,
+        options: cairn_server::SubscriptionOptions,
+    ) -> Self {
+        let store_options = cairn_store::sqlite::SqliteOptions::new(dir.path().join("data"));
+        let store = tokio::task::spawn_blocking(move || {
+            cairn_store::sqlite::SqliteStore::open(store_options)
+        })
+        .await
+        .unwrap()
+        .expect("the store opens");
+        let store: cairn_store::SharedStore = Arc::new(store);
+        let state = cairn_server::AppState::open(
+            store.clone(),
             cairn_server::Limits::default(),
             Duration::from_secs(30),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        )
+        .await
+        .expect("the server state loads")
+        .with_subscription_options(options.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cairn_server::serve(listener, state, async move {
+        let task = tokio::spawn(cairn_server::serve(listener, state, async move {
             let _ = stop.await;
         }));
         wait_until_ready(&url).await;
         Self {
             url,
+            port,
+            options,
             shutdown: Some(shutdown),
-            _dir: dir,
+            task: Some(task),
+            store: Some(store),
+            dir: Some(dir),
         }
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(&self.url).unwrap()
+    }
+
+    /// Stops the server gracefully (its subscriptions end, its store closes), then
+    /// starts it again on the same data directory and the same port.
+    pub(crate) async fn restart(mut self) -> Self {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("the server stops in time")
+                .unwrap()
+                .unwrap();
+        }
+        // The store closes when its last holder (a subscription ending, a request
+        // finishing) lets go of it.
+        let store = self.store.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Arc::strong_count(&store) > 1 {
+            assert!(Instant::now() < deadline, "the store is still in use");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::task::spawn_blocking(move || drop(store))
+            .await
+            .unwrap();
+        let dir = self.dir.take().unwrap();
+        Self::open(dir, self.port, self.options.clone()).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The v1 API routes, the operations routes and the fallbacks, assembled into one router.
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use bytes::Bytes;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -9,24 +9,42 @@ use crate::AppState;
 use crate::middleware;
 
 pub mod events;
+pub mod groups;
 pub mod ops;
 pub mod streams;
+pub mod subscribe;
 
 pub const STREAM_EVENTS: &str = "/v1/streams/{stream}/events";
 pub const STREAM: &str = "/v1/streams/{stream}";
 pub const STREAMS: &str = "/v1/streams";
 pub const EVENTS: &str = "/v1/events";
+pub const SUBSCRIBE: &str = "/v1/subscribe";
+pub const GROUPS: &str = "/v1/groups";
+pub const GROUP: &str = "/v1/groups/{group}";
+pub const GROUP_CLAIM: &str = "/v1/groups/{group}/claim";
+pub const GROUP_ACK: &str = "/v1/groups/{group}/ack";
+pub const GROUP_NACK: &str = "/v1/groups/{group}/nack";
+pub const GROUP_PARKED: &str = "/v1/groups/{group}/parked";
+pub const GROUP_PARKED_REPLAY: &str = "/v1/groups/{group}/parked/replay";
 pub const HEALTH_LIVE: &str = "/health/live";
 pub const HEALTH_READY: &str = "/health/ready";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 
 /// Every route template, as used for the `route` metric label.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 16] = [
     STREAM_EVENTS,
     STREAM,
     STREAMS,
     EVENTS,
+    SUBSCRIBE,
+    GROUPS,
+    GROUP,
+    GROUP_CLAIM,
+    GROUP_ACK,
+    GROUP_NACK,
+    GROUP_PARKED,
+    GROUP_PARKED_REPLAY,
     HEALTH_LIVE,
     HEALTH_READY,
     METRICS,
@@ -51,6 +69,19 @@ pub fn router(state: AppState) -> Router {
             EVENTS,
             post(events::append_to_streams).get(events::read_all),
         )
+        .route(SUBSCRIBE, get(subscribe::subscribe))
+        .route(GROUPS, get(groups::list_groups))
+        .route(
+            GROUP,
+            put(groups::put_group)
+                .get(groups::get_group)
+                .delete(groups::delete_group),
+        )
+        .route(GROUP_CLAIM, post(groups::claim))
+        .route(GROUP_ACK, post(groups::ack))
+        .route(GROUP_NACK, post(groups::nack))
+        .route(GROUP_PARKED, get(groups::list_parked))
+        .route(GROUP_PARKED_REPLAY, post(groups::replay_parked))
         .route(HEALTH_LIVE, get(ops::live))
         .route(HEALTH_READY, get(ops::ready))
         .route(METRICS, get(ops::metrics))

@@ -68,7 +68,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         ServerErrors,
     )
 )]
-pub async fn metrics() -> Response {
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Group lag moves with the head, not only when a group acts: refresh it for every
+    // group (each `status` sets `cairn_group_lag`; it takes no I/O).
+    for name in state.groups.names().await {
+        if let Err(error) = state.groups.status(&name).await {
+            tracing::debug!(target: "cairn::http", group = name, %error, "no lag for this group");
+        }
+    }
     let text = tokio::task::spawn_blocking(crate::metrics::render)
         .await
         .unwrap_or_default();

@@ -16,6 +16,7 @@ use crate::extract::{
     DeleteStreamQuery, ListStreamsQuery, ReadStreamQuery, StreamPath, WriteContext, decode_json,
     read_body,
 };
+use crate::middleware::Commitment;
 use crate::openapi::{ReadDirection, ServerErrors};
 
 /// Append events to one stream, atomically.
@@ -152,7 +153,9 @@ pub async fn delete_stream(
     State(state): State<AppState>,
     StreamPath(stream): StreamPath,
     query: DeleteStreamQuery,
+    commitment: Commitment,
 ) -> Result<Response, ApiError> {
+    commitment.commit();
     state
         .store
         .delete_stream(&stream, query.expected_version)

@@ -8,7 +8,7 @@ use crate::{Server, TRACEPARENT};
 
 #[tokio::test]
 async fn an_append_answers_201_with_versions_and_positions() {
-    let server = Server::start();
+    let server = Server::start().await;
     let reply = server
         .append(
             "order-1",
@@ -38,7 +38,7 @@ async fn an_append_answers_201_with_versions_and_positions() {
 
 #[tokio::test]
 async fn any_content_type_is_parsed_as_json() {
-    let server = Server::start();
+    let server = Server::start().await;
     let body = r#"{"events":[{"type":"Placed","data":{}}]}"#;
     for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
         let reply = server
@@ -68,7 +68,7 @@ async fn append_expecting(server: &Server, stream: &str, expected: Value) -> cra
 
 #[tokio::test]
 async fn no_stream_succeeds_once_then_conflicts() {
-    let server = Server::start();
+    let server = Server::start().await;
     let reply = append_expecting(&server, "s-1", json!("no_stream")).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     let error = append_expecting(&server, "s-1", json!("no_stream"))
@@ -82,7 +82,7 @@ async fn no_stream_succeeds_once_then_conflicts() {
 
 #[tokio::test]
 async fn exists_conflicts_on_a_new_stream_and_succeeds_on_an_old_one() {
-    let server = Server::start();
+    let server = Server::start().await;
     let error = append_expecting(&server, "s-2", json!("exists"))
         .await
         .assert_error(409, "wrong_expected_version");
@@ -96,7 +96,7 @@ async fn exists_conflicts_on_a_new_stream_and_succeeds_on_an_old_one() {
 
 #[tokio::test]
 async fn an_exact_version_must_be_the_last_one() {
-    let server = Server::start();
+    let server = Server::start().await;
     let error = append_expecting(&server, "s-3", json!(0))
         .await
         .assert_error(409, "wrong_expected_version");
@@ -120,7 +120,7 @@ async fn an_exact_version_must_be_the_last_one() {
 
 #[tokio::test]
 async fn any_never_conflicts() {
-    let server = Server::start();
+    let server = Server::start().await;
     for _ in 0..2 {
         let reply = append_expecting(&server, "s-4", json!("any")).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
@@ -130,7 +130,7 @@ async fn any_never_conflicts() {
 
 #[tokio::test]
 async fn server_assigned_ids_are_uuid_v7_and_given_ids_are_kept() {
-    let server = Server::start();
+    let server = Server::start().await;
     let given = Uuid::new_v4();
     server
         .append(
@@ -146,7 +146,7 @@ async fn server_assigned_ids_are_uuid_v7_and_given_ids_are_kept() {
 
 #[tokio::test]
 async fn data_and_metadata_are_stored_compact_and_read_back_as_json() {
-    let server = Server::start();
+    let server = Server::start().await;
     let body = "{ \"events\": [ { \"type\": \"Placed\",\n \"data\": { \"a\" : [1, 2], \"s\": \"x y\" },\n \"metadata\": { \"$correlation_id\": \"c-1\", \"k\": true }, \"tags\": [\"customer:1\"] } ] }";
     let reply = server.post("/v1/streams/compact-1/events", body).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
@@ -175,7 +175,7 @@ async fn data_and_metadata_are_stored_compact_and_read_back_as_json() {
 
 #[tokio::test]
 async fn a_traceparent_header_is_stored_in_each_events_metadata() {
-    let server = Server::start();
+    let server = Server::start().await;
     let reply = server
         .call(
             "POST",
@@ -220,7 +220,7 @@ async fn a_traceparent_header_is_stored_in_each_events_metadata() {
 
 #[tokio::test]
 async fn a_multi_stream_append_lists_streams_in_order_of_first_appearance() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("b-1", "E", 2).await;
     let reply = server
         .post_json(
@@ -265,7 +265,7 @@ async fn a_multi_stream_append_lists_streams_in_order_of_first_appearance() {
 
 #[tokio::test]
 async fn multi_stream_expected_versions_are_checked_per_stream() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("m-1", "E", 1).await;
     let request = |expected: Value| {
         json!({
@@ -309,7 +309,7 @@ async fn multi_stream_expected_versions_are_checked_per_stream() {
 
 #[tokio::test]
 async fn a_condition_fails_when_a_matching_event_came_after_it() {
-    let server = Server::start();
+    let server = Server::start().await;
     server
         .append(
             "course-1",
@@ -367,7 +367,7 @@ async fn a_condition_fails_when_a_matching_event_came_after_it() {
 
 #[tokio::test]
 async fn a_retried_idempotent_write_replays_the_first_response() {
-    let server = Server::start();
+    let server = Server::start().await;
     let body = json!({"events": [{"type": "Placed", "data": {"n": 1}}]}).to_string();
     let headers = [
         ("idempotency-key", "order-1-place"),
@@ -401,7 +401,7 @@ async fn a_retried_idempotent_write_replays_the_first_response() {
 
 #[tokio::test]
 async fn a_retried_idempotent_multi_stream_write_replays_the_first_response() {
-    let server = Server::start();
+    let server = Server::start().await;
     let body = json!({"events": [
         {"stream": "x-1", "type": "A", "data": {}},
         {"stream": "y-1", "type": "B", "data": {}},
@@ -423,7 +423,7 @@ async fn a_retried_idempotent_multi_stream_write_replays_the_first_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_of_one_key_append_once() {
-    let server = std::sync::Arc::new(Server::start());
+    let server = std::sync::Arc::new(Server::start().await);
     let body = json!({"events": [{"type": "Placed", "data": {}}]}).to_string();
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -455,7 +455,7 @@ async fn concurrent_retries_of_one_key_append_once() {
 
 #[tokio::test]
 async fn resent_event_ids_succeed_with_the_same_positions() {
-    let server = Server::start();
+    let server = Server::start().await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let events = json!([{"id": a, "type": "A", "data": 1}, {"id": b, "type": "B", "data": 2}]);
     let first = server.append("dup-1", events.clone()).await;

@@ -2,10 +2,13 @@
 //! real embedded store in a temporary directory.
 
 mod append;
+mod groups;
 mod malformed;
 mod ops;
 mod props;
 mod read;
+mod subscribe;
+mod timeouts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
-use cairn_server::{AppState, Limits, app};
+use cairn_server::{AppState, Limits, SubscriptionOptions, app};
 use cairn_store::SharedStore;
 use cairn_store::sqlite::{SqliteOptions, SqliteStore};
 use http::{HeaderMap, Request, StatusCode};
@@ -24,26 +27,46 @@ use tower::ServiceExt;
 /// One server with its own store in a temporary directory.
 pub struct Server {
     app: Router,
+    pub state: AppState,
     store: SharedStore,
     _dir: tempfile::TempDir,
 }
 
+/// A store in a fresh temporary directory (which must outlive it).
+pub fn temporary_store() -> (SharedStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store: SharedStore =
+        Arc::new(SqliteStore::open(SqliteOptions::new(dir.path())).expect("open the store"));
+    (store, dir)
+}
+
 impl Server {
-    pub fn start() -> Self {
-        Self::with(Limits::default(), Duration::from_secs(30))
+    pub async fn start() -> Self {
+        Self::with(Limits::default(), Duration::from_secs(30)).await
     }
 
-    pub fn with_limits(limits: Limits) -> Self {
-        Self::with(limits, Duration::from_secs(30))
+    pub async fn with_limits(limits: Limits) -> Self {
+        Self::with(limits, Duration::from_secs(30)).await
     }
 
-    pub fn with(limits: Limits, request_timeout: Duration) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store: SharedStore =
-            Arc::new(SqliteStore::open(SqliteOptions::new(dir.path())).expect("open the store"));
-        let state = AppState::new(store.clone(), limits, request_timeout);
+    pub async fn with(limits: Limits, request_timeout: Duration) -> Self {
+        let (store, dir) = temporary_store();
+        Self::on(store, dir, limits, request_timeout).await
+    }
+
+    /// A server on `store` (kept in `dir`), which a test may wrap.
+    pub async fn on(
+        store: SharedStore,
+        dir: tempfile::TempDir,
+        limits: Limits,
+        request_timeout: Duration,
+    ) -> Self {
+        let state = AppState::open(store.clone(), limits, request_timeout)
+            .await
+            .expect("the state opens");
         Self {
-            app: app(state),
+            app: app(state.clone()),
+            state,
             store,
             _dir: dir,
         }
@@ -101,6 +124,15 @@ impl Server {
 
     pub async fn post_json(&self, uri: &str, body: &Value) -> Reply {
         self.post(uri, body.to_string()).await
+    }
+
+    pub async fn put(&self, uri: &str, body: impl Into<Body>) -> Reply {
+        self.call("PUT", uri, &[("content-type", "application/json")], body)
+            .await
+    }
+
+    pub async fn put_json(&self, uri: &str, body: &Value) -> Reply {
+        self.put(uri, body.to_string()).await
     }
 
     /// Appends `events` (each `{"type", "data", ...}`) to `stream`.
@@ -179,3 +211,89 @@ impl Reply {
 
 /// A valid W3C trace context.
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// A server serving real HTTP on 127.0.0.1:<ephemeral>, for what needs a connection
+/// (streams, concurrent clients). Shuts down when dropped.
+pub struct LiveServer {
+    pub url: String,
+    pub address: std::net::SocketAddr,
+    pub state: AppState,
+    pub store: SharedStore,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl LiveServer {
+    pub async fn start(options: SubscriptionOptions) -> Self {
+        let (store, dir) = temporary_store();
+        let state = AppState::open(store.clone(), Limits::default(), Duration::from_secs(30))
+            .await
+            .expect("the state opens")
+            .with_subscription_options(options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("the bound address");
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cairn_server::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            url: format!("http://{address}"),
+            address,
+            state,
+            store,
+            shutdown: Some(shutdown),
+            _dir: dir,
+        }
+    }
+
+    /// Stops accepting connections and ends the subscriptions.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// The last committed position, straight from the store.
+    pub async fn head(&self) -> u64 {
+        self.store.head_position().await.expect("head position")
+    }
+
+    /// Polls `condition` until it holds, failing after `within`.
+    pub async fn wait_for(&self, what: &str, within: Duration, condition: impl Fn() -> bool) {
+        wait_for(what, within, condition).await;
+    }
+}
+
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `condition` (every few milliseconds) until it holds; panics after `within`.
+pub async fn wait_for(what: &str, within: Duration, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A metric's value in the Prometheus text (the sum over lines starting with
+/// `series`, so a prefix without labels sums every label set).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series || name.starts_with(&format!("{series}{{")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}

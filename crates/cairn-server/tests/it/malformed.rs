@@ -24,7 +24,7 @@ async fn refuse_bodies(server: &Server, cases: &[(&str, u16, &str)]) {
 
 #[tokio::test]
 async fn malformed_json_is_invalid_json() {
-    let server = Server::start();
+    let server = Server::start().await;
     refuse_bodies(
         &server,
         &[
@@ -41,7 +41,7 @@ async fn malformed_json_is_invalid_json() {
 
 #[tokio::test]
 async fn invalid_utf8_is_invalid_json() {
-    let server = Server::start();
+    let server = Server::start().await;
     let mut body = br#"{"events":[{"type":"A","data":""#.to_vec();
     body.extend_from_slice(&[0xff, 0xfe]);
     body.extend_from_slice(br#""}]}"#);
@@ -54,7 +54,7 @@ async fn invalid_utf8_is_invalid_json() {
 
 #[tokio::test]
 async fn wrong_shapes_are_invalid_requests_with_serdes_message() {
-    let server = Server::start();
+    let server = Server::start().await;
     refuse_bodies(
         &server,
         &[
@@ -122,7 +122,7 @@ async fn wrong_shapes_are_invalid_requests_with_serdes_message() {
 
 #[tokio::test]
 async fn deeply_nested_json_is_refused_before_parsing() {
-    let server = Server::start();
+    let server = Server::start().await;
     let deep = "[".repeat(10_000);
     let error = server
         .post("/v1/streams/bad-1/events", deep)
@@ -157,7 +157,8 @@ async fn an_oversize_body_is_413_with_the_limit() {
     let server = Server::with_limits(Limits {
         max_body_bytes: 1024,
         ..Limits::default()
-    });
+    })
+    .await;
     let big = json!({"events": [{"type": "A", "data": "x".repeat(2000)}]}).to_string();
     // With a Content-Length.
     let reply = server
@@ -194,7 +195,8 @@ async fn event_counts_outside_1_to_the_limit_are_refused() {
     let server = Server::with_limits(Limits {
         max_events_per_request: 5,
         ..Limits::default()
-    });
+    })
+    .await;
     server
         .append("count-1", json!([]))
         .await
@@ -228,7 +230,8 @@ async fn an_oversize_event_is_413_naming_its_index() {
     let server = Server::with_limits(Limits {
         max_event_bytes: 100,
         ..Limits::default()
-    });
+    })
+    .await;
     let error = server
         .append(
             "size-1",
@@ -252,7 +255,7 @@ async fn an_oversize_event_is_413_naming_its_index() {
 
 #[tokio::test]
 async fn bad_stream_names_are_refused() {
-    let server = Server::start();
+    let server = Server::start().await;
     let long = "x".repeat(201);
     for path in [
         "/v1/streams/$x/events",
@@ -306,7 +309,7 @@ async fn bad_stream_names_are_refused() {
 
 #[tokio::test]
 async fn bad_types_and_tags_are_refused_naming_the_event() {
-    let server = Server::start();
+    let server = Server::start().await;
     for (events, index) in [
         (json!([{"type": "", "data": 1}]), 0),
         (
@@ -328,7 +331,7 @@ async fn bad_types_and_tags_are_refused_naming_the_event() {
 
 #[tokio::test]
 async fn metadata_must_be_an_object_without_foreign_dollar_keys() {
-    let server = Server::start();
+    let server = Server::start().await;
     for metadata in [
         json!([1]),
         json!("text"),
@@ -365,7 +368,7 @@ async fn metadata_must_be_an_object_without_foreign_dollar_keys() {
 
 #[tokio::test]
 async fn bad_idempotency_keys_are_refused() {
-    let server = Server::start();
+    let server = Server::start().await;
     let body = json!({"events": [{"type": "A", "data": 1}]}).to_string();
     let long = "k".repeat(256);
     for key in ["", "has space", "tab\tkey", long.as_str()] {
@@ -414,7 +417,7 @@ async fn bad_idempotency_keys_are_refused() {
 
 #[tokio::test]
 async fn bad_query_parameters_are_refused_by_name() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("q-1", "A", 3).await;
     for (uri, parameter) in [
         ("/v1/streams/q-1/events?limit=0", "limit"),
@@ -458,7 +461,7 @@ async fn bad_query_parameters_are_refused_by_name() {
 
 #[tokio::test]
 async fn malformed_multi_stream_bodies_are_refused() {
-    let server = Server::start();
+    let server = Server::start().await;
     for (body, status, code) in [
         ("{", 400, "invalid_json"),
         (

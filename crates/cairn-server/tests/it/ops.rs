@@ -16,7 +16,7 @@ use crate::Server;
 
 #[tokio::test]
 async fn liveness_is_always_ok() {
-    let server = Server::start();
+    let server = Server::start().await;
     let reply = server.get("/health/live").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), json!({"status": "ok"}));
@@ -24,7 +24,7 @@ async fn liveness_is_always_ok() {
 
 #[tokio::test]
 async fn readiness_reports_the_head_position() {
-    let server = Server::start();
+    let server = Server::start().await;
     assert_eq!(
         server.get("/health/ready").await.json(),
         json!({"status": "ok", "head_position": 0})
@@ -38,7 +38,7 @@ async fn readiness_reports_the_head_position() {
 
 #[tokio::test]
 async fn metrics_are_labelled_by_route_template() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("metric-stream-1", "E", 1).await;
     server.get("/v1/streams/metric-stream-1/events").await;
     server.get("/no/such/path").await;
@@ -84,7 +84,7 @@ async fn metrics_are_labelled_by_route_template() {
     );
 }
 
-const DOCUMENTED: [(&str, &str); 11] = [
+const DOCUMENTED: [(&str, &str); 21] = [
     ("/v1/streams/{stream}/events", "post"),
     ("/v1/streams/{stream}/events", "get"),
     ("/v1/streams/{stream}", "get"),
@@ -92,6 +92,16 @@ const DOCUMENTED: [(&str, &str); 11] = [
     ("/v1/streams", "get"),
     ("/v1/events", "post"),
     ("/v1/events", "get"),
+    ("/v1/subscribe", "get"),
+    ("/v1/groups", "get"),
+    ("/v1/groups/{group}", "put"),
+    ("/v1/groups/{group}", "get"),
+    ("/v1/groups/{group}", "delete"),
+    ("/v1/groups/{group}/claim", "post"),
+    ("/v1/groups/{group}/ack", "post"),
+    ("/v1/groups/{group}/nack", "post"),
+    ("/v1/groups/{group}/parked", "get"),
+    ("/v1/groups/{group}/parked/replay", "post"),
     ("/health/live", "get"),
     ("/health/ready", "get"),
     ("/metrics", "get"),
@@ -104,7 +114,8 @@ async fn the_openapi_document_lists_every_route() {
         max_read_limit: 50,
         max_events_per_request: 7,
         ..Limits::default()
-    });
+    })
+    .await;
     let reply = server.get("/openapi.json").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -154,6 +165,52 @@ async fn the_openapi_document_lists_every_route() {
         7
     );
     assert_eq!(schemas["Event"]["properties"]["data"].get("type"), None);
+    // The group checks are written into the group schemas.
+    let group = &schemas["GroupRequest"]["properties"];
+    assert_eq!(group["ack_timeout_ms"]["minimum"], 1);
+    assert_eq!(group["ack_timeout_ms"]["maximum"], 3_600_000);
+    assert_eq!(group["max_deliveries"]["maximum"], 1000);
+    assert_eq!(group["from_position"]["minimum"], 1);
+    let claim = &schemas["ClaimRequest"]["properties"];
+    assert_eq!(claim["consumer"]["maxLength"], 200);
+    assert_eq!(claim["max"]["maximum"], 1000);
+    assert_eq!(claim["wait_ms"]["maximum"], 60_000);
+    for name in ["AckRequest", "NackRequest", "ReplayParkedRequest"] {
+        let positions = &schemas[name]["properties"]["positions"];
+        assert_eq!(positions["minItems"], 1, "{name}");
+        assert_eq!(positions["maxItems"], 1000, "{name}");
+        assert_eq!(positions["items"]["minimum"], 1, "{name}");
+    }
+    let parked_limit = paths["/v1/groups/{group}/parked"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == "limit")
+        .unwrap();
+    assert_eq!(parked_limit["schema"]["maximum"], 50);
+    let subscribe = &paths["/v1/subscribe"]["get"];
+    assert!(
+        subscribe["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some(),
+        "{subscribe}"
+    );
+    assert!(
+        subscribe["description"]
+            .as_str()
+            .unwrap()
+            .contains("after the current head"),
+        "{subscribe}"
+    );
+    assert_eq!(
+        paths["/v1/groups/{group}"]["put"]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["200", "201", "400", "413", "500", "503"]
+    );
     assert!(
         !schemas["ErrorCode"]["enum"]
             .as_array()
@@ -176,7 +233,7 @@ fn the_documented_lengths_agree_with_the_domain() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_answer_json() {
-    let server = Server::start();
+    let server = Server::start().await;
     for path in [
         "/nope",
         "/v1/streams/",
@@ -210,7 +267,7 @@ async fn unknown_paths_and_methods_answer_json() {
 
 #[tokio::test]
 async fn a_request_over_its_time_limit_is_503_with_retry_after() {
-    let server = Server::with(Limits::default(), Duration::from_millis(200));
+    let server = Server::with(Limits::default(), Duration::from_millis(200)).await;
     let never_ending = futures::stream::pending::<Result<Bytes, std::io::Error>>();
     let request = Request::post("/v1/streams/slow-1/events")
         .body(Body::from_stream(never_ending))
@@ -256,7 +313,9 @@ async fn serve_answers_over_tcp_and_shuts_down_gracefully() {
         cairn_store::sqlite::SqliteStore::open(cairn_store::sqlite::SqliteOptions::new(dir.path()))
             .unwrap(),
     );
-    let state = cairn_server::AppState::new(store, Limits::default(), Duration::from_secs(5));
+    let state = cairn_server::AppState::open(store, Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

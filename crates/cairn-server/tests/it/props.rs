@@ -40,7 +40,7 @@ fn check_endpoint(uri: &'static str, valid: &'static str) {
         .enable_all()
         .build()
         .unwrap();
-    let server = Server::start();
+    let server = runtime.block_on(Server::start());
     let mut runner = TestRunner::new(Config {
         cases: 200,
         failure_persistence: None,

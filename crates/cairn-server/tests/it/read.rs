@@ -26,7 +26,7 @@ fn positions(page: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_stream_reads_forward_in_pages_until_next_is_null() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("page-1", "E", 5).await;
     let mut from = Some(0);
     let mut seen = Vec::new();
@@ -54,7 +54,7 @@ async fn a_stream_reads_forward_in_pages_until_next_is_null() {
 
 #[tokio::test]
 async fn a_stream_reads_backward_from_the_end_or_from_a_version() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("back-1", "E", 5).await;
     let page = server
         .get("/v1/streams/back-1/events?direction=backward&limit=2")
@@ -83,7 +83,7 @@ async fn a_stream_reads_backward_from_the_end_or_from_a_version() {
 
 #[tokio::test]
 async fn events_carry_every_field_of_the_contract() {
-    let server = Server::start();
+    let server = Server::start().await;
     server
         .append(
             "shape-1",
@@ -129,7 +129,7 @@ fn is_rfc3339_micros(text: &str) -> bool {
 
 #[tokio::test]
 async fn a_missing_stream_is_404_stream_not_found() {
-    let server = Server::start();
+    let server = Server::start().await;
     server
         .get("/v1/streams/nobody/events")
         .await
@@ -143,7 +143,7 @@ async fn a_missing_stream_is_404_stream_not_found() {
 
 #[tokio::test]
 async fn a_streams_head_has_its_version_position_and_times() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("head-1", "E", 2).await;
     server.append_n("other-1", "E", 1).await;
     server.append_n("head-1", "E", 1).await;
@@ -194,7 +194,7 @@ async fn seed_log(server: &Server) {
 
 #[tokio::test]
 async fn the_global_log_reads_in_position_order_with_paging() {
-    let server = Server::start();
+    let server = Server::start().await;
     seed_log(&server).await;
     let reply = server.get("/v1/events").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -222,7 +222,7 @@ async fn the_global_log_reads_in_position_order_with_paging() {
 
 #[tokio::test]
 async fn the_global_log_filters_by_category_types_tags_and_stream() {
-    let server = Server::start();
+    let server = Server::start().await;
     seed_log(&server).await;
     for (query, expected) in [
         ("category=order", vec![1, 2, 4, 5]),
@@ -245,7 +245,7 @@ async fn the_global_log_filters_by_category_types_tags_and_stream() {
 
 #[tokio::test]
 async fn streams_are_listed_by_prefix_in_pages() {
-    let server = Server::start();
+    let server = Server::start().await;
     for name in ["order-3", "order-1", "cart-1", "order-2", "orders"] {
         server.append_n(name, "E", 1).await;
     }
@@ -274,7 +274,7 @@ async fn streams_are_listed_by_prefix_in_pages() {
 
 #[tokio::test]
 async fn a_deleted_stream_answers_410_everywhere() {
-    let server = Server::start();
+    let server = Server::start().await;
     server.append_n("gone-1", "E", 3).await;
     server.append_n("kept-1", "E", 1).await;
 

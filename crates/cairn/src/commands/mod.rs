@@ -2,9 +2,11 @@
 
 pub mod append;
 pub mod bench;
+pub mod groups;
 pub mod read;
 pub mod serve;
 pub mod streams;
+pub mod tail;
 
 use std::io::{BufWriter, Stdout, Write};
 

@@ -5,5 +5,7 @@
 mod bench;
 mod cli;
 mod crash;
+mod groups;
 mod settings;
 mod support;
+mod tail;

@@ -94,10 +94,15 @@ pub struct Server {
 impl Server {
     /// Starts `cairn serve` on `data_dir` and waits (with a deadline) until it is ready.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0")
+    }
+
+    /// [`Server::start`] listening on `listen` (e.g. the port of a server killed before).
+    pub fn start_at(data_dir: &Path, listen: &str) -> Self {
         let mut child = cairn(&[
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--log-format",
@@ -190,6 +195,80 @@ impl Server {
 }
 
 impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `cairn` client command whose stdout lines are collected as they come.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `cairn ARGS` with stdout piped.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = cairn(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cairn starts");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next stdout line, waiting at most `within`.
+    pub fn next_line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// The next `count` lines, each within 20 s, parsed as JSON.
+    pub fn json_lines(&self, count: usize) -> Vec<serde_json::Value> {
+        (0..count)
+            .map(|index| {
+                let line = self
+                    .next_line(Duration::from_secs(20))
+                    .unwrap_or_else(|| panic!("line {index} of {count} did not come"));
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+            })
+            .collect()
+    }
+
+    /// Sends a signal with the shell's `kill` (no unsafe code, no extra dependency).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to exit by itself, with a deadline.
+    pub fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "cairn did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

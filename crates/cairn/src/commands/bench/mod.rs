@@ -1,7 +1,12 @@
-//! `cairn bench`: a lean closed-loop load generator. Each client sends one request at a
-//! time for the duration; bodies are serialised once and only a counter inside each
-//! event's payload changes between requests; latencies go to a per-client histogram,
-//! merged at the end.
+//! `cairn bench`: a lean load generator. In the append and read scenarios each client
+//! sends one request at a time for the duration (closed loop); bodies are serialised
+//! once and only a counter inside each event's payload changes between requests;
+//! latencies go to a per-client histogram, merged at the end. The `e2e` scenario
+//! ([`e2e`]) appends at a fixed rate and measures delivery to SSE subscribers; the
+//! `group` scenario ([`group`]) drains a consumer group with competing workers.
+
+mod e2e;
+mod group;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -32,6 +37,7 @@ pub struct BenchResult {
     pub scenario: &'static str,
     /// The server's URL, or `embedded`.
     pub target: String,
+    /// Concurrent clients: appenders in e2e, workers in group.
     pub clients: u32,
     pub duration_s: f64,
     pub payload_bytes: usize,
@@ -44,6 +50,12 @@ pub struct BenchResult {
     pub events_per_s: f64,
     pub latency_ms: Latency,
     pub error_samples: Vec<String>,
+    /// The e2e scenario's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<e2e::E2eFigures>,
+    /// The group scenario's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<group::GroupFigures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +66,31 @@ pub struct Latency {
     pub p99_9: f64,
     pub max: f64,
     pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles in milliseconds of a histogram of microseconds.
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let millis = |micros: u64| micros as f64 / 1000.0;
+        if histogram.is_empty() {
+            return Self {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p99_9: 0.0,
+                max: 0.0,
+                mean: 0.0,
+            };
+        }
+        Self {
+            p50: millis(histogram.value_at_quantile(0.50)),
+            p90: millis(histogram.value_at_quantile(0.90)),
+            p99: millis(histogram.value_at_quantile(0.99)),
+            p99_9: millis(histogram.value_at_quantile(0.999)),
+            max: millis(histogram.max()),
+            mean: round(histogram.mean() / 1000.0, 3),
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -78,7 +115,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (server.url(), Some((server, dir)))
         }
     };
-    let outcome = measure(&args, &base_url, embedded.is_some()).await;
+    let outcome = match args.scenario {
+        Scenario::E2e => e2e::measure(&args, &base_url, embedded.is_some()).await,
+        Scenario::Group => group::measure(&args, &base_url, embedded.is_some()).await,
+        Scenario::Append | Scenario::AppendBatch | Scenario::Read => {
+            measure(&args, &base_url, embedded.is_some()).await
+        }
+    };
     if let Some((server, dir)) = embedded {
         server.stop(Duration::from_secs(10)).await?;
         dir.close()
@@ -97,24 +140,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Result<BenchResult> {
     let clients = usize::try_from(args.clients).context("too many clients")?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let http = bench_http(clients)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
 
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let events_per_request = match args.scenario {
-        Scenario::Append => 1,
         Scenario::AppendBatch => usize::from(args.batch_size),
         Scenario::Read => READ_EVENTS,
+        Scenario::Append | Scenario::E2e | Scenario::Group => 1,
     };
     let template = BodyTemplate::new(events_per_request, args.payload_bytes);
     let mut plans = Vec::with_capacity(clients);
     match args.scenario {
-        Scenario::Append | Scenario::AppendBatch => {
+        Scenario::Append | Scenario::AppendBatch | Scenario::E2e | Scenario::Group => {
             for client in 0..clients {
                 plans.push(Plan::Append {
                     url: format!("{base_url}/v1/streams/bench-{run_id}-{client}/events"),
@@ -162,6 +200,7 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         started,
         args.duration,
         args.verbose,
+        ProgressKind::Requests,
         progress_done.clone(),
     ));
     let workers: Vec<_> = plans
@@ -197,14 +236,9 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
     let events = counters.events.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
-    let millis = |micros: u64| micros as f64 / 1000.0;
     Ok(BenchResult {
         scenario: args.scenario.as_str(),
-        target: if embedded {
-            "embedded".to_owned()
-        } else {
-            base_url.to_owned()
-        },
+        target: target(base_url, embedded),
         clients: args.clients,
         duration_s: args.duration.as_secs_f64(),
         payload_bytes: args.payload_bytes,
@@ -215,16 +249,65 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         errors,
         requests_per_s: round(requests as f64 / seconds, 1),
         events_per_s: round(events as f64 / seconds, 1),
-        latency_ms: Latency {
-            p50: millis(histogram.value_at_quantile(0.50)),
-            p90: millis(histogram.value_at_quantile(0.90)),
-            p99: millis(histogram.value_at_quantile(0.99)),
-            p99_9: millis(histogram.value_at_quantile(0.999)),
-            max: millis(histogram.max()),
-            mean: round(histogram.mean() / 1000.0, 3),
-        },
+        latency_ms: Latency::of(&histogram),
         error_samples,
+        e2e: None,
+        group: None,
     })
+}
+
+/// The target as reported: the URL, or `embedded`.
+fn target(base_url: &str, embedded: bool) -> String {
+    if embedded {
+        "embedded".to_owned()
+    } else {
+        base_url.to_owned()
+    }
+}
+
+/// Keeps the first few distinct error messages.
+fn keep_samples(samples: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    for sample in more {
+        if samples.len() < ERROR_SAMPLES && !samples.contains(&sample) {
+            samples.push(sample);
+        }
+    }
+}
+
+fn micros_since(instant: Instant) -> u64 {
+    u64::try_from(instant.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The HTTP client of the load loops: no retries, no idempotency keys, pooled
+/// connections, Nagle off.
+fn bench_http(connections: usize) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// POSTs a JSON body; `Err` with the status and the start of the body unless 2xx.
+async fn post_json(http: &reqwest::Client, url: &str, body: Bytes) -> Result<Bytes, String> {
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|error| error.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ))
+    }
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
@@ -256,8 +339,11 @@ async fn wait_until_ready(
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
+    /// Events appended (append, e2e), read (read) or acknowledged (group).
     events: AtomicU64,
     errors: AtomicU64,
+    /// Events received by subscribers (e2e).
+    delivered: AtomicU64,
 }
 
 enum Plan {
@@ -367,10 +453,19 @@ impl BodyTemplate {
     }
 
     fn render(&self, sequence: u64) -> Bytes {
+        self.render_with(|index| sequence.wrapping_mul(1000).wrapping_add(index as u64))
+    }
+
+    /// Every event's counter set to `value` (the e2e scenario's send time).
+    fn render_value(&self, value: u64) -> Bytes {
+        self.render_with(|_| value)
+    }
+
+    fn render_with(&self, value_of: impl Fn(usize) -> u64) -> Bytes {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut body = self.bytes.to_vec();
         for (index, &offset) in self.counter_offsets.iter().enumerate() {
-            let mut value = sequence.wrapping_mul(1000).wrapping_add(index as u64);
+            let mut value = value_of(index);
             for digit in body[offset..offset + COUNTER_DIGITS].iter_mut().rev() {
                 *digit = HEX[(value & 0xf) as usize];
                 value >>= 4;
@@ -380,6 +475,17 @@ impl BodyTemplate {
     }
 }
 
+/// What the progress line counts.
+#[derive(Debug, Clone, Copy)]
+enum ProgressKind {
+    /// Requests and events per second.
+    Requests,
+    /// Events appended and delivered per second.
+    Deliveries,
+    /// Events acknowledged per second, out of a total.
+    Acks { total: u64 },
+}
+
 /// A progress line once a second: a bar on a terminal, plain lines with --verbose
 /// elsewhere, nothing otherwise.
 async fn show_progress(
@@ -387,6 +493,7 @@ async fn show_progress(
     started: Instant,
     duration: Duration,
     verbose: bool,
+    kind: ProgressKind,
     done: tokio_util::sync::CancellationToken,
 ) {
     let terminal = std::io::stderr().is_terminal();
@@ -406,6 +513,7 @@ async fn show_progress(
     ticker.tick().await;
     let mut last_requests = 0;
     let mut last_events = 0;
+    let mut last_delivered = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -414,13 +522,26 @@ async fn show_progress(
         let requests = counters.requests.load(Ordering::Relaxed);
         let events = counters.events.load(Ordering::Relaxed);
         let errors = counters.errors.load(Ordering::Relaxed);
-        let message = format!(
-            "{} req/s, {} events/s, {requests} requests, {errors} errors",
-            requests - last_requests,
-            events - last_events
-        );
+        let delivered = counters.delivered.load(Ordering::Relaxed);
+        let message = match kind {
+            ProgressKind::Requests => format!(
+                "{} req/s, {} events/s, {requests} requests, {errors} errors",
+                requests - last_requests,
+                events - last_events
+            ),
+            ProgressKind::Deliveries => format!(
+                "{} appended/s, {} delivered/s, {events} appended, {errors} errors",
+                events - last_events,
+                delivered.saturating_sub(last_delivered)
+            ),
+            ProgressKind::Acks { total } => format!(
+                "{} acked/s, {events}/{total} acked, {errors} errors",
+                events - last_events
+            ),
+        };
         last_requests = requests;
         last_events = events;
+        last_delivered = delivered;
         match &bar {
             Some(bar) => {
                 bar.set_position(started.elapsed().as_secs());
@@ -436,8 +557,13 @@ async fn show_progress(
 
 fn summary(result: &BenchResult) -> String {
     let latency = &result.latency_ms;
+    let who = match result.scenario {
+        "e2e" => "appenders",
+        "group" => "workers",
+        _ => "clients",
+    };
     let mut text = format!(
-        "cairn bench {}: {} clients, {}s, {} events/request, {}-byte payloads, target {}\n",
+        "cairn bench {}: {} {who}, {}s, {} events/request, {}-byte payloads, target {}\n",
         result.scenario,
         result.clients,
         result.duration_s,
@@ -449,10 +575,22 @@ fn summary(result: &BenchResult) -> String {
         "  requests  {:>10}  {:>10.1}/s\n  events    {:>10}  {:>10.1}/s\n  errors    {:>10}\n",
         result.requests, result.requests_per_s, result.events, result.events_per_s, result.errors
     ));
+    // What the headline latency is the latency of.
+    let label = match result.scenario {
+        "e2e" => "delivery",
+        "group" => "claims  ",
+        _ => "latency ",
+    };
     text.push_str(&format!(
-        "  latency   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n",
+        "  {label}  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n",
         latency.p50, latency.p90, latency.p99, latency.p99_9, latency.max
     ));
+    if let Some(e2e) = &result.e2e {
+        text.push_str(&e2e.summary());
+    }
+    if let Some(group) = &result.group {
+        text.push_str(&group.summary());
+    }
     for sample in &result.error_samples {
         text.push_str(&format!("  error: {sample}\n"));
     }
