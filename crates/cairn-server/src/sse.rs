@@ -270,6 +270,25 @@ fn event_frame(event: &RecordedEvent) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The most bytes of ready frames written to the connection as one chunk.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// `first` plus every frame already waiting, up to [`COALESCE_BYTES`], as one chunk:
+/// one write to the socket for many events instead of one each.
+fn coalesce(first: Bytes, frames: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    let mut chunk: Option<Vec<u8>> = None;
+    while chunk.as_ref().map_or(first.len(), Vec::len) < COALESCE_BYTES {
+        let Ok(next) = frames.try_recv() else { break };
+        let chunk = chunk.get_or_insert_with(|| {
+            let mut chunk = Vec::with_capacity(COALESCE_BYTES.min(first.len() * 16));
+            chunk.extend_from_slice(&first);
+            chunk
+        });
+        chunk.extend_from_slice(&next);
+    }
+    chunk.map_or(first, Bytes::from)
+}
+
 fn comment_frame(text: &str) -> Bytes {
     Bytes::from(format!(": {text}\n\n"))
 }
@@ -279,7 +298,10 @@ fn comment_frame(text: &str) -> Bytes {
 fn event_stream_response(frames: mpsc::Receiver<Bytes>, end: oneshot::Receiver<End>) -> Response {
     let body = futures::stream::unfold((frames, Some(end)), |(mut frames, end)| async move {
         if let Some(frame) = frames.recv().await {
-            return Some((Ok::<_, Infallible>(frame), (frames, end)));
+            return Some((
+                Ok::<_, Infallible>(coalesce(frame, &mut frames)),
+                (frames, end),
+            ));
         }
         let comment = end?.await.ok().and_then(End::final_comment)?;
         Some((Ok(comment_frame(comment)), (frames, None)))

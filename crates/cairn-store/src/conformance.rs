@@ -1371,16 +1371,16 @@ pub async fn tail_catches_up_then_follows_live_writers(store: SharedStore) {
 
 pub async fn tail_recovers_from_lagging_and_large_commits(store: SharedStore) {
     let mut tail = LogTail::new(Arc::clone(&store), 1, EventFilter::default());
-    // More commits than the live feed keeps, while the tail does not read.
-    for _ in 0..100 {
+    // More commits than the live feed keeps (512), while the tail does not read.
+    for _ in 0..520 {
         ok(&store, "lagging", 1).await;
     }
     // And one commit too large for the feed.
     ok(&store, "large", 1500).await;
     ok(&store, "after", 1).await;
-    let seen = collect_tail(&mut tail, 1601).await;
+    let seen = collect_tail(&mut tail, 2021).await;
     let positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
-    assert_eq!(positions, (1..=1601).collect::<Vec<_>>());
+    assert_eq!(positions, (1..=2021).collect::<Vec<_>>());
 }
 
 pub async fn tail_filters(store: SharedStore) {

@@ -32,7 +32,7 @@ use cairn_core::RecordedEvent;
 pub const DATABASE_FILE: &str = "events.db";
 const LOCK_FILE: &str = "cairn.lock";
 /// Commits kept for live readers that fall behind; past it they read from the file.
-const LIVE_FEED_CAPACITY: usize = 64;
+const LIVE_FEED_CAPACITY: usize = 512;
 
 /// How to open the embedded store.
 #[derive(Debug, Clone)]

@@ -93,8 +93,10 @@ pub(crate) struct Writer {
     pub(crate) live_tx: broadcast::Sender<LiveBatch>,
 }
 
-/// The most events one commit publishes to live readers.
-const LIVE_BATCH_MAX: usize = 1024;
+/// The most events one commit publishes to live readers; a larger commit is left out
+/// and read from the file (one query for many events). With the feed's capacity this
+/// bounds the memory it can hold.
+const LIVE_BATCH_MAX: usize = 256;
 
 /// The events of an append, as recorded, for live readers.
 fn collect_live(
