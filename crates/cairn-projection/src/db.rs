@@ -3,12 +3,10 @@
 //! of read-only connections that named queries run on.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use cairn_core::{Position, now_micros};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::Semaphore;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::config::ProjectionPlan;
 use crate::error::{ReadSideError, storage};
@@ -80,26 +78,7 @@ pub(crate) struct StoredProjection {
 /// Holds `readmodels.lock`: one read side per data directory, or projections would be
 /// applied twice.
 pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<File, ReadSideError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        ReadSideError::Storage(format!(
-            "cannot create data directory {}: {e}",
-            data_dir.display()
-        ))
-    })?;
-    let path = data_dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ReadSideError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    file.try_lock().map_err(|_| {
-        ReadSideError::Storage(format!(
-            "the read models in {} are in use by another Cairn process",
-            data_dir.display()
-        ))
-    })?;
-    Ok(file)
+    Ok(cairn_store::sqlite::pool::lock_dir(data_dir, LOCK_FILE)?)
 }
 
 /// A connection that writes: WAL, and `synchronous = FULL` so that a committed batch
@@ -128,23 +107,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, ReadSideError> {
     Ok(connection)
 }
 
-/// A connection that can never write: opened read-only, and `query_only` on top.
-pub(crate) fn open_reader(path: &Path) -> Result<Connection, ReadSideError> {
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| ReadSideError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    connection
-        .execute_batch(
-            "PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -16000;
-             PRAGMA query_only = ON;",
-        )
-        .map_err(storage)?;
-    connection.set_prepared_statement_cache_capacity(128);
-    Ok(connection)
-}
+pub(crate) use cairn_store::sqlite::pool::{ReadPool, open_reader};
 
 pub(crate) fn migrate(connection: &mut Connection) -> Result<(), ReadSideError> {
     let current: i64 = connection
@@ -274,65 +237,6 @@ pub(crate) fn save_checkpoint(
             now_micros(),
         ])
         .map(drop)
-}
-
-/// Read-only connections to `readmodels.db`, each used on the blocking pool.
-pub(crate) struct ReadPool {
-    path: PathBuf,
-    idle: Arc<Mutex<Vec<Connection>>>,
-    permits: Arc<Semaphore>,
-}
-
-impl ReadPool {
-    pub(crate) fn open(path: PathBuf, size: usize) -> Result<Self, ReadSideError> {
-        let size = size.max(1);
-        let mut idle = Vec::with_capacity(size);
-        for _ in 0..size {
-            idle.push(open_reader(&path)?);
-        }
-        Ok(Self {
-            path,
-            idle: Arc::new(Mutex::new(idle)),
-            permits: Arc::new(Semaphore::new(size)),
-        })
-    }
-
-    /// Runs `work` on an idle connection, off the async executor.
-    pub(crate) async fn run<T, F>(&self, work: F) -> Result<T, ReadSideError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, ReadSideError> + Send + 'static,
-    {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ReadSideError::Storage("the read side is shut down".into()))?;
-        let idle = Arc::clone(&self.idle);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = idle.lock().ok().and_then(|mut idle| idle.pop());
-            let mut connection = match connection {
-                Some(connection) => connection,
-                None => open_reader(&path)?,
-            };
-            let result = work(&mut connection);
-            if let Ok(mut idle) = idle.lock() {
-                idle.push(connection);
-            }
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| ReadSideError::Storage(format!("query task failed: {e}")))?
-    }
-
-    /// Closes the pool: later queries fail, idle connections are closed.
-    pub(crate) fn close(&self) {
-        self.permits.close();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
-    }
 }
 
 #[cfg(test)]

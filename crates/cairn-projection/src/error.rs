@@ -38,3 +38,9 @@ impl ReadSideError {
 pub(crate) fn storage(error: impl std::fmt::Display) -> ReadSideError {
     ReadSideError::Storage(error.to_string())
 }
+
+impl From<cairn_store::StoreError> for ReadSideError {
+    fn from(error: cairn_store::StoreError) -> Self {
+        storage(error)
+    }
+}

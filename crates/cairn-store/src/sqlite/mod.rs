@@ -1,11 +1,12 @@
 //! The embedded backend: one SQLite file in WAL mode, one writer thread doing group
 //! commit ([`writer`]), a pool of read-only connections for reads.
 
+pub mod pool;
 mod read;
 mod schema;
 mod writer;
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,9 +17,8 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use self::read::{
-    EVENT_COLUMNS, ReadPool, event_from_row, filter_sql, head_position, stream_from_db,
-};
+use self::pool::{ReadPool, lock_dir};
+use self::read::{EVENT_COLUMNS, event_from_row, filter_sql, head_position, stream_from_db};
 pub use self::schema::SCHEMA_VERSION;
 use self::schema::{internal, migrate, open_writer};
 use self::writer::{Command, WriteWork, Writer};
@@ -77,13 +77,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating when needed) the store in `options.data_dir`.
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
-        fs::create_dir_all(&options.data_dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                options.data_dir.display()
-            ))
-        })?;
-        let lock = lock_data_dir(&options.data_dir)?;
+        let lock = lock_dir(&options.data_dir, LOCK_FILE)?;
         let path = options.data_dir.join(DATABASE_FILE);
         let mut connection = open_writer(&path)?;
         migrate(&mut connection)?;
@@ -150,23 +144,6 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
     }
-}
-
-fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
-    let path = data_dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    file.try_lock().map_err(|_| {
-        StoreError::Unavailable(format!(
-            "{} is in use by another Cairn process",
-            data_dir.display()
-        ))
-    })?;
-    Ok(file)
 }
 
 impl Drop for SqliteStore {

@@ -1,66 +1,12 @@
 //! Reads, on a pool of read-only connections, each run on the blocking thread pool.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
 use cairn_core::{EventFilter, Position, RecordedEvent, StreamName};
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::schema::{internal, open_reader};
+use super::schema::internal;
 use crate::StoreError;
-
-pub(crate) struct ReadPool {
-    path: PathBuf,
-    idle: Arc<Mutex<Vec<Connection>>>,
-    permits: Arc<Semaphore>,
-}
-
-impl ReadPool {
-    pub(crate) fn open(path: PathBuf, size: usize) -> Result<Self, StoreError> {
-        let size = size.max(1);
-        let mut idle = Vec::with_capacity(size);
-        for _ in 0..size {
-            idle.push(open_reader(&path)?);
-        }
-        Ok(Self {
-            path,
-            idle: Arc::new(Mutex::new(idle)),
-            permits: Arc::new(Semaphore::new(size)),
-        })
-    }
-
-    /// Runs `work` on an idle connection, off the async executor.
-    pub(crate) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        let idle = Arc::clone(&self.idle);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = idle.lock().ok().and_then(|mut idle| idle.pop());
-            let mut connection = match connection {
-                Some(connection) => connection,
-                None => open_reader(&path)?,
-            };
-            let result = work(&mut connection);
-            if let Ok(mut idle) = idle.lock() {
-                idle.push(connection);
-            }
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
-    }
-}
 
 /// The columns every event query selects, in this order.
 pub(crate) const EVENT_COLUMNS: &str =

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::StoreError;
 
@@ -49,23 +49,6 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             path.display()
         )));
     }
-    Ok(connection)
-}
-
-/// Opens a read connection; it can never write.
-pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    connection
-        .execute_batch(
-            "PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -16000;
-             PRAGMA query_only = ON;",
-        )
-        .map_err(internal)?;
     Ok(connection)
 }
 
