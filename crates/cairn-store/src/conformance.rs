@@ -19,10 +19,21 @@ use crate::{
     SharedStore, StoreError,
 };
 
-/// Instantiates every conformance test for one backend.
+/// Instantiates every conformance test for one backend. `optional` takes a factory that
+/// returns `Option<(SharedStore, guard)>`, for backends whose server may be missing
+/// locally (the test then returns early; the factory decides whether that is allowed).
 #[macro_export]
 macro_rules! conformance_suite {
-    ($factory:path) => {
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((store, _guard)) = ($factory)().await else { return };
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+    (@list $factory:expr) => {
         $crate::conformance_suite!(@tests $factory;
             appends_start_at_version_zero_and_position_one,
             expected_version_forms,
@@ -58,14 +69,11 @@ macro_rules! conformance_suite {
             tail_filters,
         );
     };
-    (@tests $factory:path; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let (store, _guard) = $factory().await;
-                $crate::conformance::$name(store).await;
-            }
-        )*
+    (optional $factory:path) => {
+        $crate::conformance_suite!(@list (|| $factory()));
+    };
+    ($factory:path) => {
+        $crate::conformance_suite!(@list (|| async { Some($factory().await) }));
     };
 }
 

@@ -24,8 +24,11 @@ pub use groups::{GroupOrdering, GroupRecord, GroupSettings, ParkedEvent};
 pub mod conformance;
 pub mod groups;
 pub mod metrics;
+pub mod postgres;
 pub mod sqlite;
 pub mod tail;
+#[cfg(feature = "pg-harness")]
+pub mod testing;
 
 /// Events of one commit, contiguous in position, as published to live readers.
 pub type LiveBatch = Arc<[RecordedEvent]>;

@@ -25,3 +25,16 @@ pub const GROUP_DELIVERIES: &str = "cairn_group_deliveries_total";
 pub const GROUP_REDELIVERIES: &str = "cairn_group_redeliveries_total";
 /// Events parked after their last delivery, by group.
 pub const GROUP_PARKED: &str = "cairn_group_parked_total";
+
+/// PostgreSQL pool connections by pool (`primary`, `replica:<host:port/db>`) and
+/// state (`in_use`, `idle`), gauge.
+pub const POOL_CONNECTIONS: &str = "cairn_pool_connections";
+/// Callers waiting for a pooled connection, gauge by pool.
+pub const POOL_WAITING: &str = "cairn_pool_waiting";
+/// Log positions a read replica has not replayed yet (the head this instance knows
+/// minus the replica's), gauge by replica.
+pub const REPLICA_LAG_POSITIONS: &str = "cairn_replica_lag_positions";
+/// 1 while a read replica answers its probes and is in rotation, else 0; by replica.
+pub const REPLICA_UP: &str = "cairn_replica_up";
+/// Reads served, by pool (`primary` or the replica's), counter.
+pub const STORE_READS: &str = "cairn_store_reads_total";

@@ -1,6 +1,9 @@
 //! The embedded store's integration tests: the conformance suite, property tests of the
 //! invariants, and durability across reopening.
 
+mod pg_faults;
+mod pg_instances;
+mod postgres;
 mod properties;
 mod sqlite;
 

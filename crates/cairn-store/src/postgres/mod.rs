@@ -1,0 +1,563 @@
+//! The PostgreSQL backend: any number of Cairn instances on one database, with
+//! streaming read replicas.
+//!
+//! # Gap-free global order with several instances
+//!
+//! Event stores on PostgreSQL commonly take positions from a sequence (or an identity
+//! column). A sequence hands out numbers at insert time, but transactions commit in
+//! any order: position 11 can commit and become visible while position 10 is still in
+//! flight. A reader that has just seen 11 moves its cursor past 10 and never sees it
+//! (Marten #3321, Eventuous #222, SQLStreamStore #121 are this bug).
+//!
+//! Cairn takes no position from a sequence. The log's head is one row,
+//! `cairn_head(position)`. Every append transaction, whichever instance runs it,
+//! begins by locking that row (`SELECT … FROM cairn_head WHERE id = 1 FOR UPDATE`),
+//! reads the head from it, writes its events at `head + 1 …`, stores the new head in
+//! the row, and commits. The row lock is held until the commit, so appenders of all
+//! instances are serialised: the transaction that writes positions `N + 1 …` cannot
+//! even learn `N` before the one that wrote `N` has committed. PostgreSQL makes a
+//! committed transaction visible before it releases its locks, so every snapshot that
+//! sees position `N + 1` also sees `N`, on the primary and on every replica (they
+//! replay commits in WAL order, which is this order too). Commit order is position
+//! order; positions are gapless because a transaction that rolls back has written
+//! nothing, including the head.
+//!
+//! The price is that appends to one database commit one transaction at a time. Group
+//! commit (`writer.rs`, `batch.rs`) makes that cheap: each instance has one writer
+//! task that takes every waiting append, decides them all in memory against what it
+//! looked up after taking the lock, and writes and commits them in two pipelined round
+//! trips, so the lock is held for about two round trips per batch, not per append.
+//! Because every check happens before any write, a refused request writes nothing and
+//! needs no savepoint: a batch has no subtransactions (past 64 in one transaction,
+//! PostgreSQL makes every snapshot slower, on the primary and on hot standbys). If the
+//! database refuses a write anyway, the batch rolls back and its requests are
+//! committed again one by one, so one bad request never fails its neighbours.
+//!
+//! # Live updates between instances
+//!
+//! A committing batch queues `NOTIFY cairn_events, '<last position>'` in its
+//! transaction; PostgreSQL delivers it only on commit. Each instance LISTENs on one
+//! connection and, on a notification (or when its own writer committed), reads the new
+//! events once from the primary, publishes them to its live feed as contiguous
+//! batches and then moves its head watch (`live.rs`). After losing the LISTEN
+//! connection it reconnects and catches up from the stored head, so nothing is
+//! skipped.
+//!
+//! # Reads and replicas
+//!
+//! Reads use a bounded pool to the primary (the writer has a connection of its own)
+//! or, when one has replayed at least the head this instance knows, a pool to a
+//! replica (`replicas.rs`): each replica's replayed head is probed a few times a
+//! second and exported as lag. A replica that fails is out of rotation until a probe
+//! succeeds again. Consumer-group state is always read and written on the primary.
+//!
+//! # Faults
+//!
+//! Every connection has a connect timeout, TCP keep-alives and server-side statement,
+//! lock and idle-in-transaction timeouts; every request has a client-side timeout.
+//! When the primary is unreachable, writes answer `Unavailable` quickly, reads that a
+//! replica can serve keep working, and the pools reconnect by themselves when it comes
+//! back. An append is answered success only after `COMMIT` returned; if the
+//! connection broke during the commit, the outcome is unknown and the answer is
+//! `Unavailable`, never success (a retry with the same idempotency key or event ids
+//! is safe).
+
+mod batch;
+mod groups;
+mod live;
+mod pool;
+mod read;
+mod replicas;
+mod schema;
+mod writer;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cairn_core::{EventFilter, ExpectedVersion, Position, RecordedEvent, StreamName, Version};
+use deadpool_postgres::Pool;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_postgres::config::TargetSessionAttrs;
+
+use self::live::Publisher;
+use self::pool::{build_pool, connection_config, label, record_pool_metrics};
+pub use self::replicas::ReplicaStatus;
+use self::replicas::{Replica, Replicas};
+pub use self::schema::SCHEMA_VERSION;
+use self::schema::{migrate, pg_error, pool_error, schema_version};
+use self::writer::{Command, Writer};
+use crate::metrics as m;
+use crate::{
+    AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LiveBatch,
+    LogSlice, ParkedEvent, StoreError, StreamInfo, StreamPage, StreamSlice,
+};
+
+/// Commits kept for live readers that fall behind; past it they read from the log.
+const LIVE_FEED_CAPACITY: usize = 512;
+/// How often expired idempotency keys are removed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How to connect the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The primary: a `postgres://` URL or a `key=value` connection string.
+    pub url: String,
+    /// Streaming replicas for reads (`--replica-url`, repeatable).
+    pub replica_urls: Vec<String>,
+    /// Connections to the primary at most (the writer uses one at a time).
+    pub pool_size: usize,
+    /// Connections to each replica at most.
+    pub replica_pool_size: usize,
+    /// How long idempotency keys are kept.
+    pub idempotency_window: Duration,
+    /// The most append requests committed in one transaction.
+    pub max_batch_requests: usize,
+    /// Append requests that may wait for the writer before callers wait to enqueue.
+    pub queue_depth: usize,
+    /// The longest a new connection may take.
+    pub connect_timeout: Duration,
+    /// The longest one statement may run on the server, and a read in all.
+    pub statement_timeout: Duration,
+    /// The longest a batch waits for another instance's batch to release the head,
+    /// and the longest a transaction may sit idle on the server.
+    pub lock_timeout: Duration,
+    /// The longest a request waits for a pooled connection.
+    pub pool_wait_timeout: Duration,
+    /// The longest a group commit may take, from taking a connection to `COMMIT`.
+    pub write_timeout: Duration,
+    /// How often each replica's replayed position is probed.
+    pub replica_probe_interval: Duration,
+}
+
+impl PostgresOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            replica_urls: Vec::new(),
+            pool_size: 16,
+            replica_pool_size: 16,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            max_batch_requests: 512,
+            queue_depth: 4096,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            pool_wait_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(15),
+            replica_probe_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The PostgreSQL event store. Dropping it stops its tasks; the writer finishes the
+/// batch in hand first.
+pub struct PostgresStore {
+    commands: Option<mpsc::Sender<Command>>,
+    primary: Pool,
+    replicas: Arc<Replicas>,
+    head: watch::Receiver<Position>,
+    live: broadcast::Sender<LiveBatch>,
+    /// The listener and the monitor, stopped on drop.
+    tasks: Vec<JoinHandle<()>>,
+    read_timeout: Duration,
+    label: String,
+}
+
+impl PostgresStore {
+    /// Connects to the primary, applies the migrations it lacks (under an advisory
+    /// lock, so instances starting together do not race), and starts the writer, the
+    /// LISTEN connection and the replica probes. Must run inside a tokio runtime.
+    pub async fn connect(options: PostgresOptions) -> Result<Self, StoreError> {
+        let primary_config =
+            connection_config(&options.url, &options, TargetSessionAttrs::ReadWrite)?;
+        let label = label(&primary_config);
+        {
+            let (mut client, connection) =
+                tokio::time::timeout(options.connect_timeout, primary_config.connect(NoTls))
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(format!("PostgreSQL {label}: connect timed out"))
+                    })?
+                    .map_err(pg_error)?;
+            let driver = tokio::spawn(connection);
+            let migrated = migrate(&mut client).await;
+            drop(client);
+            let _ = driver.await;
+            migrated?;
+        }
+        let primary = build_pool(primary_config.clone(), options.pool_size, &options)?;
+        let head = {
+            let client = primary.get().await.map_err(pool_error)?;
+            read::head_position(&client).await?
+        };
+
+        let mut replicas = Vec::with_capacity(options.replica_urls.len());
+        for url in &options.replica_urls {
+            let config = connection_config(url, &options, TargetSessionAttrs::ReadOnly)?;
+            let replica_label = self::pool::label(&config);
+            let pool = build_pool(config, options.replica_pool_size, &options)?;
+            replicas.push(Replica::new(replica_label, pool));
+        }
+        let replicas = Arc::new(Replicas::new(replicas));
+
+        let (head_tx, head_rx) = watch::channel(head);
+        let (live_tx, _) = broadcast::channel(LIVE_FEED_CAPACITY);
+        let publisher = Arc::new(Publisher::new(
+            head,
+            live_tx.clone(),
+            head_tx,
+            primary.clone(),
+        ));
+        metrics::gauge!(m::HEAD_POSITION).set(head as f64);
+
+        // The writer has a connection of its own, so that reads never keep it waiting.
+        let writer_pool = build_pool(primary_config.clone(), 1, &options)?;
+        let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
+        let writer = Writer {
+            primary: writer_pool.clone(),
+            publisher: Arc::clone(&publisher),
+            idempotency_window: options.idempotency_window,
+            max_batch_requests: options.max_batch_requests,
+            write_timeout: options.write_timeout,
+        };
+        tokio::spawn(writer.run(commands_rx));
+
+        // The LISTEN connection idles outside any transaction, so the server-side
+        // timeouts never end it.
+        let listener = tokio::spawn(live::listen(
+            primary_config,
+            primary.clone(),
+            Arc::clone(&publisher),
+        ));
+        let monitor = tokio::spawn(monitor(
+            vec![("primary", primary.clone()), ("writer", writer_pool)],
+            Arc::clone(&replicas),
+            head_rx.clone(),
+            options.clone(),
+        ));
+        tracing::info!(primary = %label, replicas = options.replica_urls.len(), head, "PostgreSQL store connected");
+        Ok(Self {
+            commands: Some(commands_tx),
+            primary,
+            replicas,
+            head: head_rx,
+            live: live_tx,
+            tasks: vec![listener, monitor],
+            read_timeout: options.statement_timeout + options.pool_wait_timeout,
+            label,
+        })
+    }
+
+    /// The primary as `host:port/dbname`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Each replica's state, in the order of `replica_urls`.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.replicas.status()
+    }
+
+    /// The head this instance has published.
+    fn known_head(&self) -> Position {
+        *self.head.borrow()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let commands = self
+            .commands
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        commands
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
+    }
+
+    /// Runs a read with the read timeout.
+    async fn timed<T>(
+        &self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.read_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(
+                "PostgreSQL: the read timed out".into(),
+            )),
+        }
+    }
+
+    /// A pooled connection to the primary.
+    async fn primary(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.primary.get().await.map_err(pool_error)
+    }
+}
+
+/// Runs `$read` with `$client` bound to a pooled connection: on a replica that has
+/// replayed the known head if there is one, else (or if the replica fails to answer)
+/// on the primary.
+macro_rules! routed {
+    ($store:expr, |$client:ident| $read:expr) => {{
+        let store = $store;
+        let mut answer = None;
+        if let Some(replica) = store.replicas.pick(store.known_head()) {
+            let outcome = store
+                .timed(async {
+                    let $client = replica.pool.get().await.map_err(pool_error)?;
+                    $read.await
+                })
+                .await;
+            match outcome {
+                Err(StoreError::Unavailable(error)) => replica.mark_down(&error),
+                other => {
+                    replica.count_read();
+                    answer = Some(other);
+                }
+            }
+        }
+        match answer {
+            Some(answer) => answer,
+            None => {
+                metrics::counter!(m::STORE_READS, "pool" => "primary").increment(1);
+                store
+                    .timed(async {
+                        let $client = store.primary().await?;
+                        $read.await
+                    })
+                    .await
+            }
+        }
+    }};
+}
+
+/// Runs `$work` on a pooled connection to the primary, with the read timeout.
+macro_rules! on_primary {
+    ($store:expr, |$client:ident| $work:expr) => {{
+        let store = $store;
+        store
+            .timed(async {
+                let $client = store.primary().await?;
+                $work.await
+            })
+            .await
+    }};
+}
+
+/// The background upkeep of one store: replica probes, pool gauges, and the sweep of
+/// expired idempotency keys.
+async fn monitor(
+    pools: Vec<(&'static str, Pool)>,
+    replicas: Arc<Replicas>,
+    head: watch::Receiver<Position>,
+    options: PostgresOptions,
+) {
+    let mut ticks = tokio::time::interval(options.replica_probe_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
+    loop {
+        ticks.tick().await;
+        let known_head = *head.borrow();
+        replicas
+            .probe_all(
+                known_head,
+                options
+                    .replica_probe_interval
+                    .max(Duration::from_millis(500)),
+            )
+            .await;
+        for (name, pool) in &pools {
+            record_pool_metrics(name, pool);
+        }
+        if last_sweep.elapsed() >= SWEEP_INTERVAL
+            && let Some((_, primary)) = pools.first()
+        {
+            last_sweep = Instant::now();
+            sweep_idempotency_keys(primary, options.idempotency_window).await;
+        }
+    }
+}
+
+async fn sweep_idempotency_keys(primary: &Pool, window: Duration) {
+    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    let cutoff = cairn_core::now_micros().saturating_sub(window);
+    let outcome = async {
+        let client = primary.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE created_at < $1",
+                &[&cutoff],
+            )
+            .await
+            .map_err(pg_error)
+    }
+    .await;
+    match outcome {
+        Ok(0) => {}
+        Ok(removed) => tracing::debug!(removed, "expired idempotency keys removed"),
+        Err(error) => tracing::warn!(%error, "could not remove expired idempotency keys"),
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its batch in hand.
+        self.commands.take();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { request, reply }).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: Option<Version>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        routed!(self, |client| read::read_stream(
+            &client, stream, from, direction, limit
+        ))
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, StoreError> {
+        routed!(self, |client| read::stream_info(&client, stream))
+    }
+
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        routed!(self, |client| read::list_streams(
+            &client, prefix, after, limit
+        ))
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice, StoreError> {
+        routed!(self, |client| read::read_all(&client, from, filter, limit))
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+    ) -> Result<Version, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Delete {
+            stream: stream.clone(),
+            expected,
+            reply,
+        })
+        .await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        Ok(self.known_head())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    fn live_events(&self) -> broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.commands.as_ref().is_none_or(|c| c.is_closed()) {
+            return Err(StoreError::Unavailable("the writer has stopped".into()));
+        }
+        let version = on_primary!(self, |client| schema_version(&client))?;
+        if version == SCHEMA_VERSION {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "schema version {version}, expected {SCHEMA_VERSION}"
+            )))
+        }
+    }
+
+    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        routed!(self, |client| read::read_event(&client, position))
+    }
+
+    async fn save_group(
+        &self,
+        name: &str,
+        settings: &GroupSettings,
+        checkpoint: Position,
+    ) -> Result<GroupRecord, StoreError> {
+        on_primary!(self, |client| groups::save_group(
+            &client, name, settings, checkpoint
+        ))
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        on_primary!(self, |client| groups::delete_group(&client, name))
+    }
+
+    async fn load_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        on_primary!(self, |client| groups::load_groups(&client))
+    }
+
+    async fn save_checkpoint(&self, name: &str, checkpoint: Position) -> Result<(), StoreError> {
+        on_primary!(self, |client| groups::save_checkpoint(
+            &client, name, checkpoint
+        ))
+    }
+
+    async fn park_events(&self, name: &str, events: Vec<ParkedEvent>) -> Result<(), StoreError> {
+        on_primary!(self, |client| groups::park_events(&client, name, events))
+    }
+
+    async fn replay_parked(
+        &self,
+        name: &str,
+        positions: Option<Vec<Position>>,
+    ) -> Result<Vec<Position>, StoreError> {
+        on_primary!(self, |client| groups::replay_parked(
+            &client, name, positions
+        ))
+    }
+
+    async fn remove_parked(&self, name: &str, positions: Vec<Position>) -> Result<(), StoreError> {
+        on_primary!(self, |client| groups::remove_parked(
+            &client, name, positions
+        ))
+    }
+
+    async fn list_parked(
+        &self,
+        name: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        on_primary!(self, |client| groups::list_parked(
+            &client, name, after, limit
+        ))
+    }
+}

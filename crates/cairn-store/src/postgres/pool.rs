@@ -1,0 +1,108 @@
+//! Connection settings and the bounded, measured deadpool pools.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+use super::PostgresOptions;
+use crate::StoreError;
+use crate::metrics as m;
+
+/// Parses a connection URL (or `key=value` string) and applies Cairn's timeouts: how
+/// long a connect may take, TCP keep-alives so that a dead peer is noticed, and on
+/// the server a statement timeout, a lock timeout and an idle-in-transaction timeout
+/// (a stuck instance cannot hold the head lock for long).
+pub(crate) fn connection_config(
+    url: &str,
+    options: &PostgresOptions,
+    session: TargetSessionAttrs,
+) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        StoreError::Unavailable(format!("invalid PostgreSQL URL {}: {e}", redact(url)))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("cairn");
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .target_session_attrs(session);
+    let millis = |d: Duration| d.as_millis().max(1);
+    let server_settings = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        millis(options.statement_timeout),
+        millis(options.lock_timeout),
+        millis(options.lock_timeout),
+    );
+    let combined = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {server_settings}"),
+        _ => server_settings,
+    };
+    config.options(combined);
+    Ok(config)
+}
+
+/// A bounded pool over `config`: `size` connections at most; waiting for one, making
+/// one and checking one all time out, so a request never waits forever.
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    options: &PostgresOptions,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(options.pool_wait_timeout),
+            create: Some(options.connect_timeout),
+            recycle: Some(options.connect_timeout),
+        })
+        .build()
+        .map_err(|e| StoreError::Internal(format!("cannot build a connection pool: {e}")))
+}
+
+/// `host:port/dbname` of a connection, for labels and logs: never the password.
+pub(crate) fn label(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let dbname = config.get_dbname().unwrap_or("");
+    format!("{host}:{port}/{dbname}")
+}
+
+/// The URL with any password replaced, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => label(&config),
+        Err(_) => "(unparsable)".to_owned(),
+    }
+}
+
+/// Records the pool's gauges: connections in use and idle, callers waiting.
+pub(crate) fn record_pool_metrics(name: &str, pool: &Pool) {
+    let status = pool.status();
+    let idle = status.available;
+    let in_use = status.size.saturating_sub(idle);
+    metrics::gauge!(m::POOL_CONNECTIONS, "pool" => name.to_owned(), "state" => "in_use")
+        .set(in_use as f64);
+    metrics::gauge!(m::POOL_CONNECTIONS, "pool" => name.to_owned(), "state" => "idle")
+        .set(idle as f64);
+    metrics::gauge!(m::POOL_WAITING, "pool" => name.to_owned()).set(status.waiting as f64);
+}

@@ -1,0 +1,632 @@
+//! The writer task of one instance and its group commit.
+//!
+//! Appends and deletes queue on a channel. The writer takes every request waiting (up
+//! to a bound) and commits them in one transaction, in two pipelined round trips:
+//!
+//! 1. `BEGIN`, lock the head row (`SELECT … FROM cairn_head … FOR UPDATE`: this waits
+//!    for any other instance's batch to commit), then look up everything the batch's
+//!    checks need: the target streams, the idempotency keys, the event ids, and one
+//!    query per append condition. Being sent after the lock, these see every commit
+//!    that came before.
+//! 2. Each request is decided in order, in memory (`batch.rs`), against what was looked up plus
+//!    what the requests before it in the batch did (expected versions, deleted
+//!    streams, the condition, idempotency keys, re-sent and duplicate event ids). A
+//!    refused request writes nothing and takes no position, so the positions of the
+//!    accepted ones follow the head without a gap. Then one pipelined round trip
+//!    writes the whole batch (streams, events, tags, keys in bulk), stores the new
+//!    head, queues `NOTIFY`, and `COMMIT`s.
+//!
+//! The checks happen before any write, so a refused request needs no savepoint: the
+//! batch runs without subtransactions, which matters on PostgreSQL (past 64
+//! subtransactions in one transaction every snapshot on the primary and on the hot
+//! standbys gets slower). If the database still refuses a write it was expected to
+//! take, the batch is rolled back and its requests are committed again one by one,
+//! so that one bad request never fails its neighbours.
+//!
+//! The requests are answered only after `COMMIT` returned and the batch was published
+//! (live feed, then head). A commit whose outcome is unknown (the connection broke
+//! while committing) is answered `Unavailable`, never success: a retry with the same
+//! idempotency key or event ids is then safe.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use cairn_core::{
+    AppendCondition, ExpectedVersion, Position, RecordedEvent, StreamName, Version, category_of,
+    now_micros,
+};
+use deadpool_postgres::{Client, Object, Pool};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::batch::{BatchState, Lookups};
+use super::live::{CHANNEL, LIVE_BATCH_MAX, Publisher};
+use super::read::{SqlParams, filter_sql, to_db};
+use super::schema::{is_transient, pg_error, pool_error};
+use crate::metrics as m;
+use crate::{AppendOutcome, AppendRequest, StoreError};
+
+pub(crate) enum Command {
+    Append {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    Delete {
+        stream: StreamName,
+        expected: ExpectedVersion,
+        reply: oneshot::Sender<Result<Version, StoreError>>,
+    },
+}
+
+impl Command {
+    fn events(&self) -> usize {
+        match self {
+            Command::Append { request, .. } => request.events.len(),
+            Command::Delete { .. } => 0,
+        }
+    }
+}
+
+/// What became of one command of a batch.
+enum Decision {
+    Append(Result<AppendOutcome, StoreError>),
+    Delete(Result<Version, StoreError>),
+}
+
+/// Why a batch did not commit.
+enum BatchFailure {
+    /// The database is unreachable or the outcome of the commit is unknown: every
+    /// request that was not refused on its own merits is answered with this.
+    Transient(StoreError),
+    /// The database refused a statement: the batch is retried one request at a time.
+    Statement(StoreError),
+    /// The connection broke. Before the commit was sent this is safe to retry.
+    Disconnected(StoreError),
+}
+
+fn failure(error: tokio_postgres::Error) -> BatchFailure {
+    if error.is_closed() || error.code().is_none() {
+        BatchFailure::Disconnected(pg_error(error))
+    } else if is_transient(&error) {
+        BatchFailure::Transient(pg_error(error))
+    } else {
+        BatchFailure::Statement(pg_error(error))
+    }
+}
+
+/// The most events one batch takes (requests beyond it wait for the next batch).
+const MAX_BATCH_EVENTS: usize = 20_000;
+
+pub(crate) struct Writer {
+    pub(crate) primary: Pool,
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) idempotency_window: Duration,
+    pub(crate) max_batch_requests: usize,
+    /// The longest a batch may take, from taking a connection to the commit.
+    pub(crate) write_timeout: Duration,
+}
+
+impl Writer {
+    pub(crate) async fn run(self, mut commands: mpsc::Receiver<Command>) {
+        let max = self.max_batch_requests.max(1);
+        while let Some(first) = commands.recv().await {
+            let mut events = first.events();
+            let mut batch = Vec::with_capacity(max.min(64));
+            batch.push(first);
+            while batch.len() < max && events < MAX_BATCH_EVENTS {
+                match commands.try_recv() {
+                    Ok(command) => {
+                        events += command.events();
+                        batch.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+        tracing::debug!("PostgreSQL writer stopped: no more senders");
+    }
+
+    /// Commits a batch and answers every request in it.
+    async fn commit(&self, batch: Vec<Command>) {
+        let started = Instant::now();
+        let requests = batch.len();
+        let outcome = self.try_commit(&batch).await;
+        metrics::histogram!(m::GROUP_COMMIT_BATCH_SIZE).record(requests as f64);
+        metrics::histogram!(m::COMMIT_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(decisions) => answer(batch, decisions),
+            Err((BatchFailure::Statement(error), _)) if requests > 1 => {
+                tracing::warn!(%error, requests, "a batch failed; committing its requests one by one");
+                for command in batch {
+                    Box::pin(self.commit(vec![command])).await;
+                }
+            }
+            Err((failure, decisions)) => {
+                let error = match failure {
+                    BatchFailure::Statement(error) => {
+                        tracing::error!(%error, "an append failed in the database");
+                        error
+                    }
+                    BatchFailure::Transient(error) | BatchFailure::Disconnected(error) => {
+                        tracing::warn!(%error, requests, "group commit failed; the batch is answered with the error");
+                        error
+                    }
+                };
+                let decisions = match decisions {
+                    // Refusals stand; what would have succeeded gets the error.
+                    Some(decisions) => decisions
+                        .into_iter()
+                        .map(|decision| match decision {
+                            Decision::Append(Ok(_)) => Decision::Append(Err(error.clone())),
+                            Decision::Delete(Ok(_)) => Decision::Delete(Err(error.clone())),
+                            refused => refused,
+                        })
+                        .collect(),
+                    None => batch
+                        .iter()
+                        .map(|command| match command {
+                            Command::Append { .. } => Decision::Append(Err(error.clone())),
+                            Command::Delete { .. } => Decision::Delete(Err(error.clone())),
+                        })
+                        .collect(),
+                };
+                answer(batch, decisions);
+            }
+        }
+    }
+
+    /// Runs the batch's transaction and publishes it. On failure, the decisions made
+    /// (if it got that far) come back with the reason.
+    async fn try_commit(
+        &self,
+        batch: &[Command],
+    ) -> Result<Vec<Decision>, (BatchFailure, Option<Vec<Decision>>)> {
+        let window = i64::try_from(self.idempotency_window.as_micros()).unwrap_or(i64::MAX);
+        let mut retried = false;
+        let committed = loop {
+            let connection =
+                match tokio::time::timeout(self.write_timeout, self.primary.get()).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        return Err((BatchFailure::Transient(pool_error(error)), None));
+                    }
+                    Err(_) => {
+                        return Err((
+                            BatchFailure::Transient(StoreError::Unavailable(
+                                "PostgreSQL: timed out waiting for a connection".into(),
+                            )),
+                            None,
+                        ));
+                    }
+                };
+            let transaction = tokio::time::timeout(
+                self.write_timeout,
+                run_transaction(&connection, batch, window),
+            )
+            .await;
+            match transaction {
+                Ok(Ok(committed)) => break committed,
+                Ok(Err((BatchFailure::Disconnected(error), None))) if !retried => {
+                    // The connection broke before anything could commit (a connection
+                    // that died idle in the pool): once more, on a new one.
+                    tracing::debug!(%error, "retrying a batch on a new connection");
+                    drop(Object::take(connection));
+                    retried = true;
+                }
+                Ok(Err(failed)) => {
+                    // The connection may be inside a failed transaction: never reuse it.
+                    drop(Object::take(connection));
+                    return Err(failed);
+                }
+                Err(_) => {
+                    drop(Object::take(connection));
+                    return Err((
+                        BatchFailure::Transient(StoreError::Unavailable(
+                            "PostgreSQL: the commit timed out; its outcome is unknown".into(),
+                        )),
+                        None,
+                    ));
+                }
+            }
+        };
+        if let Some((first, last)) = committed.appended {
+            let events = (committed.events.len() <= LIVE_BATCH_MAX).then_some(committed.events);
+            self.publisher.committed_here(first, last, events).await;
+            metrics::counter!(m::APPENDED_EVENTS).increment(last - first + 1);
+        }
+        Ok(committed.decisions)
+    }
+}
+
+fn answer(batch: Vec<Command>, decisions: Vec<Decision>) {
+    // A requester that went away no longer needs its answer; the outcome stands.
+    for (command, decision) in batch.into_iter().zip(decisions) {
+        match (command, decision) {
+            (Command::Append { reply, .. }, Decision::Append(result)) => drop(reply.send(result)),
+            (Command::Delete { reply, .. }, Decision::Delete(result)) => drop(reply.send(result)),
+            (Command::Append { reply, .. }, Decision::Delete(_)) => drop(reply.send(Err(
+                StoreError::Internal("the writer mixed up its answers".into()),
+            ))),
+            (Command::Delete { reply, .. }, Decision::Append(_)) => drop(reply.send(Err(
+                StoreError::Internal("the writer mixed up its answers".into()),
+            ))),
+        }
+    }
+}
+
+/// A committed batch.
+struct Committed {
+    decisions: Vec<Decision>,
+    /// The positions appended, if any.
+    appended: Option<(Position, Position)>,
+    /// The events appended, in position order.
+    events: Vec<RecordedEvent>,
+}
+
+/// Parameters for a pipelined statement.
+macro_rules! sql_params {
+    ($($value:expr),* $(,)?) => {
+        vec![$($value as &(dyn ToSql + Sync)),*]
+    };
+}
+
+type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs futures that each send one statement on the same connection, starting them in
+/// the given order (tokio-postgres sends a statement on the first poll, so the server
+/// runs them in this order), and waits for all of them: one round trip for all.
+async fn pipeline<'a, T>(mut futures: Vec<Pending<'a, T>>) -> Vec<T> {
+    let mut results: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, result) in futures.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *result = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+fn query<'a>(
+    client: &'a Client,
+    statement: &'a tokio_postgres::Statement,
+    params: Vec<&'a (dyn ToSql + Sync)>,
+) -> Pending<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+    Box::pin(async move { client.query(statement, &params).await })
+}
+
+fn simple<'a>(
+    client: &'a Client,
+    sql: &'a str,
+) -> Pending<'a, Result<Vec<Row>, tokio_postgres::Error>> {
+    Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) })
+}
+
+const LOCK_HEAD: &str = "SELECT position, recorded_at FROM cairn_head WHERE id = 1 FOR UPDATE";
+const LOOKUP_STREAMS: &str =
+    "SELECT name, version, position, created_at, deleted FROM streams WHERE name = ANY($1)";
+const LOOKUP_KEYS: &str = "SELECT key, fingerprint, response FROM idempotency_keys
+     WHERE key = ANY($1) AND created_at >= $2";
+const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
+     FROM events e JOIN streams s ON s.stream_id = e.stream_id WHERE e.id = ANY($1)";
+const WRITE_STREAMS: &str =
+    "INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
+     SELECT u.name, u.version, u.position, u.created_at, $5, u.deleted
+     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::bool[])
+          AS u(name, version, position, created_at, deleted)
+     ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
+        updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted";
+const WRITE_EVENTS: &str = "INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
+     SELECT u.position, u.id, (SELECT s.stream_id FROM streams s WHERE s.name = u.stream),
+            u.version, u.type, u.category, u.data, u.metadata,
+            CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT json_array_elements_text(u.tags::json)) END,
+            $10
+     FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+          AS u(position, id, stream, version, type, category, data, metadata, tags)";
+const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
+     SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
+const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
+     SELECT u.key, u.fingerprint, u.response, $4 FROM UNNEST($1::text[], $2::bytea[], $3::text[])
+          AS u(key, fingerprint, response)
+     ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+        response = EXCLUDED.response, created_at = EXCLUDED.created_at";
+const WRITE_HEAD: &str = "UPDATE cairn_head SET position = $1, recorded_at = $2 WHERE id = 1";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// One transaction for the whole batch; see the module documentation.
+async fn run_transaction(
+    client: &Client,
+    batch: &[Command],
+    idempotency_window: i64,
+) -> Result<Committed, (BatchFailure, Option<Vec<Decision>>)> {
+    let fail = |error| (failure(error), None);
+    // What the lookups ask for.
+    let mut names: Vec<&str> = Vec::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut conditions: Vec<(usize, String, SqlParams)> = Vec::new();
+    for (index, command) in batch.iter().enumerate() {
+        match command {
+            Command::Append { request, .. } => {
+                names.extend(request.targets.iter().map(|t| t.stream.as_str()));
+                keys.extend(request.idempotency.iter().map(|claim| claim.key.as_str()));
+                ids.extend(request.events.iter().map(|(_, event)| event.id));
+                if let Some(condition) = &request.condition {
+                    let (sql, params) = condition_query(condition);
+                    conditions.push((index, sql, params));
+                }
+            }
+            Command::Delete { stream, .. } => names.push(stream.as_str()),
+        }
+    }
+
+    // Statements are prepared (once per connection) before the transaction, so that
+    // the pipelined ones below are sent at once and in order.
+    let lock_head = client.prepare_cached(LOCK_HEAD).await.map_err(fail)?;
+    let lookup_streams = client.prepare_cached(LOOKUP_STREAMS).await.map_err(fail)?;
+    let lookup_keys = client.prepare_cached(LOOKUP_KEYS).await.map_err(fail)?;
+    let lookup_ids = client.prepare_cached(LOOKUP_IDS).await.map_err(fail)?;
+    let mut condition_statements = Vec::with_capacity(conditions.len());
+    for (_, sql, _) in &conditions {
+        condition_statements.push(client.prepare_cached(sql).await.map_err(fail)?);
+    }
+    let writes = WriteStatements::prepare(client).await.map_err(fail)?;
+
+    let now = now_micros();
+    let window_start = now.saturating_sub(idempotency_window);
+    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = vec![
+        simple(client, "BEGIN"),
+        query(client, &lock_head, sql_params![]),
+        query(client, &lookup_streams, sql_params![&names]),
+        query(client, &lookup_keys, sql_params![&keys, &window_start]),
+        query(client, &lookup_ids, sql_params![&ids]),
+    ];
+    for ((_, _, params), statement) in conditions.iter().zip(&condition_statements) {
+        round.push(query(client, statement, params.refs()));
+    }
+    let mut results = pipeline(round).await.into_iter();
+    let mut next = || -> Result<Vec<Row>, (BatchFailure, Option<Vec<Decision>>)> {
+        match results.next() {
+            Some(result) => result.map_err(fail),
+            None => Err((
+                BatchFailure::Statement(StoreError::Internal(
+                    "a pipelined result is missing".into(),
+                )),
+                None,
+            )),
+        }
+    };
+    next()?; // BEGIN
+    let head_row = next()?;
+    let stream_rows = next()?;
+    let key_rows = next()?;
+    let id_rows = next()?;
+    let mut condition_rows = HashMap::new();
+    for (index, _, _) in &conditions {
+        condition_rows.insert(*index, next()?);
+    }
+
+    let lookups = Lookups::from_rows(
+        &head_row,
+        &stream_rows,
+        &key_rows,
+        &id_rows,
+        &condition_rows,
+    )
+    .map_err(|error| (BatchFailure::Statement(error), None))?;
+    // recorded_at never goes backwards along the log, whatever the instances' clocks.
+    let recorded_at = now.max(lookups.recorded_at);
+    let mut state = BatchState::new(lookups, recorded_at);
+    let decisions: Vec<Decision> = batch
+        .iter()
+        .enumerate()
+        .map(|(index, command)| match command {
+            Command::Append { request, .. } => Decision::Append(state.append(index, request)),
+            Command::Delete {
+                stream, expected, ..
+            } => Decision::Delete(state.delete(stream, *expected)),
+        })
+        .collect();
+    debug_assert_eq!(decisions.len(), batch.len());
+
+    match write_and_commit(client, &writes, &state).await {
+        Ok(()) => {}
+        Err(error) => return Err((failure_at_commit(error), Some(decisions))),
+    }
+    let appended = (state.head > state.head_before).then_some((state.head_before + 1, state.head));
+    Ok(Committed {
+        decisions,
+        appended,
+        events: state.events,
+    })
+}
+
+/// A failure in the writing round trip: a closed connection there may have happened
+/// after the server committed, so it is reported as an unknown outcome.
+fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
+    if is_transient(&error) {
+        BatchFailure::Transient(StoreError::Unavailable(format!(
+            "PostgreSQL failed while committing; the outcome is unknown, retry with the same idempotency key: {error}"
+        )))
+    } else {
+        BatchFailure::Statement(pg_error(error))
+    }
+}
+
+/// The second round trip: every write of the batch, the head, the notification and the
+/// commit. `COMMIT` of a transaction that a failed statement aborted answers as a
+/// rollback, without an error, so every statement's result is checked. (An event whose
+/// stream row is missing would get a NULL `stream_id` and fail the whole transaction.)
+async fn write_and_commit(
+    client: &Client,
+    statements: &WriteStatements,
+    state: &BatchState,
+) -> Result<(), tokio_postgres::Error> {
+    let WriteStatements {
+        write_streams,
+        write_events,
+        write_tags,
+        write_keys,
+        write_head,
+        notify,
+    } = statements;
+
+    // Streams: their state at the end of the batch.
+    let mut names = Vec::new();
+    let mut versions = Vec::new();
+    let mut positions = Vec::new();
+    let mut created = Vec::new();
+    let mut deleted = Vec::new();
+    for (name, stream) in &state.streams {
+        if let (true, Some(version)) = (stream.dirty, stream.version) {
+            names.push(name.as_str());
+            versions.push(to_db(version));
+            positions.push(to_db(stream.position));
+            created.push(stream.created_at);
+            deleted.push(stream.deleted);
+        }
+    }
+    // Events, column by column.
+    let events = &state.events;
+    let event_positions: Vec<i64> = events.iter().map(|e| to_db(e.position)).collect();
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let event_streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+    let event_versions: Vec<i64> = events.iter().map(|e| to_db(e.version)).collect();
+    let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let event_categories: Vec<&str> = events
+        .iter()
+        .map(|e| category_of(e.stream.as_str()))
+        .collect();
+    let event_data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let event_metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+    let event_tags: Vec<Option<String>> = events
+        .iter()
+        .map(|e| (!e.tags.is_empty()).then(|| serde_json::Value::from(e.tags.clone()).to_string()))
+        .collect();
+    let mut tags = Vec::new();
+    let mut tag_positions = Vec::new();
+    for event in events {
+        for tag in &event.tags {
+            tags.push(tag.as_str());
+            tag_positions.push(to_db(event.position));
+        }
+    }
+    let key_names: Vec<&str> = state.new_keys.iter().map(|k| k.key.as_str()).collect();
+    let key_fingerprints: Vec<&[u8]> = state.new_keys.iter().map(|k| &k.fingerprint[..]).collect();
+    let key_responses: Vec<&str> = state.new_keys.iter().map(|k| k.response.as_str()).collect();
+    let head = to_db(state.head);
+    let head_text = state.head.to_string();
+    let recorded_at = state.recorded_at;
+
+    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
+    if !names.is_empty() {
+        round.push(query(
+            client,
+            write_streams,
+            sql_params![
+                &names,
+                &versions,
+                &positions,
+                &created,
+                &recorded_at,
+                &deleted
+            ],
+        ));
+    }
+    if !events.is_empty() {
+        round.push(query(
+            client,
+            write_events,
+            sql_params![
+                &event_positions,
+                &event_ids,
+                &event_streams,
+                &event_versions,
+                &event_types,
+                &event_categories,
+                &event_data,
+                &event_metadata,
+                &event_tags,
+                &recorded_at,
+            ],
+        ));
+    }
+    if !tags.is_empty() {
+        round.push(query(
+            client,
+            write_tags,
+            sql_params![&tags, &tag_positions],
+        ));
+    }
+    if !key_names.is_empty() {
+        round.push(query(
+            client,
+            write_keys,
+            sql_params![&key_names, &key_fingerprints, &key_responses, &recorded_at],
+        ));
+    }
+    if state.head > state.head_before {
+        round.push(query(client, write_head, sql_params![&head, &recorded_at]));
+        round.push(query(client, notify, sql_params![&CHANNEL, &head_text]));
+    }
+    round.push(simple(client, "COMMIT"));
+    for result in pipeline(round).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// The statements of the writing round trip, prepared before the transaction begins
+/// (once per connection: later batches find them in the connection's cache).
+struct WriteStatements {
+    write_streams: tokio_postgres::Statement,
+    write_events: tokio_postgres::Statement,
+    write_tags: tokio_postgres::Statement,
+    write_keys: tokio_postgres::Statement,
+    write_head: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+impl WriteStatements {
+    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            write_streams: client.prepare_cached(WRITE_STREAMS).await?,
+            write_events: client.prepare_cached(WRITE_EVENTS).await?,
+            write_tags: client.prepare_cached(WRITE_TAGS).await?,
+            write_keys: client.prepare_cached(WRITE_KEYS).await?,
+            write_head: client.prepare_cached(WRITE_HEAD).await?,
+            notify: client.prepare_cached(NOTIFY).await?,
+        })
+    }
+}
+
+/// The query finding the first event after the condition's position that matches its
+/// filter.
+fn condition_query(condition: &AppendCondition) -> (String, SqlParams) {
+    let mut params = SqlParams::default();
+    let after = params.push(to_db(condition.after));
+    let conditions = filter_sql(&condition.query, &mut params);
+    (
+        format!(
+            "SELECT e.position FROM events e WHERE e.position > {after}{conditions} ORDER BY e.position LIMIT 1"
+        ),
+        params,
+    )
+}

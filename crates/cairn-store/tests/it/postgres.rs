@@ -1,0 +1,313 @@
+//! The PostgreSQL backend: the conformance suite, the migrations, and what only this
+//! backend has (a stored head shared by instances, LISTEN/NOTIFY, expiring keys).
+//!
+//! Each test gets a fresh database in a throw-away PostgreSQL started by the tests
+//! (`cairn_store::testing`); without PostgreSQL installed the tests say so and are
+//! skipped, unless `CI` is set.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{EventFilter, ExpectedVersion};
+use cairn_store::conformance::{event, stream};
+use cairn_store::postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION};
+use cairn_store::tail::LogTail;
+use cairn_store::testing::{self, TestDatabase};
+use cairn_store::{
+    AppendOutcome, AppendRequest, AppendResult, EventStore, IdempotencyClaim, SharedStore,
+    StoreError,
+};
+
+/// Options for a test store: small pools, the database's URL.
+pub fn options(database: &TestDatabase) -> PostgresOptions {
+    PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::new(&database.primary_url)
+    }
+}
+
+/// A store on a fresh database, or `None` when the PostgreSQL tests are skipped.
+pub async fn pg_store() -> Option<(SharedStore, Box<dyn Any + Send>)> {
+    let database = testing::shared_database().await?;
+    let store = PostgresStore::connect(options(&database))
+        .await
+        .expect("connect to the test database");
+    Some((Arc::new(store), Box::new(database)))
+}
+
+/// A plain connection to a test database, for looking at what the store wrote.
+pub async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+pub async fn append_one(store: &dyn EventStore, name: &str) -> AppendResult {
+    match store
+        .append(AppendRequest::single(
+            stream(name),
+            ExpectedVersion::Any,
+            vec![event("E", "{}")],
+        ))
+        .await
+        .unwrap()
+    {
+        AppendOutcome::Committed(result) => result,
+        AppendOutcome::Replayed { body } => panic!("replayed {body}"),
+    }
+}
+
+// The whole conformance suite; each test returns early when PostgreSQL's binaries are
+// missing locally (`pg_store` fails loudly instead when CI is set).
+cairn_store::conformance_suite!(optional pg_store);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let connects = (0..3).map(|_| PostgresStore::connect(options(&database)));
+    let stores = futures::future::join_all(connects).await;
+    for store in &stores {
+        store
+            .as_ref()
+            .expect("every instance connects")
+            .ready()
+            .await
+            .unwrap();
+    }
+    let client = sql(&database.primary_url).await;
+    let rows = client
+        .query(
+            "SELECT version, name FROM cairn_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        applied,
+        [
+            (1, "0001_init".to_owned()),
+            (2, "0002_consumer_groups".to_owned())
+        ]
+    );
+    assert_eq!(applied.len(), SCHEMA_VERSION);
+    // Each migration leaves its tables.
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ANY($1)",
+            &[&vec![
+                "cairn_head",
+                "streams",
+                "events",
+                "event_tags",
+                "idempotency_keys",
+                "consumer_groups",
+                "parked_events",
+            ]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_cairn_is_refused() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    drop(PostgresStore::connect(options(&database)).await.unwrap());
+    sql(&database.primary_url)
+        .await
+        .execute(
+            "INSERT INTO cairn_schema_migrations (version, name) VALUES (99, 'future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let Err(error) = PostgresStore::connect(options(&database)).await else {
+        panic!("connected to a database of schema version 99")
+    };
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("newer")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_reconnecting_and_positions_continue() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    {
+        let store = PostgresStore::connect(options(&database)).await.unwrap();
+        append_one(&store, "a").await;
+        append_one(&store, "b").await;
+    }
+    let store = PostgresStore::connect(options(&database)).await.unwrap();
+    assert_eq!(store.head_position().await.unwrap(), 2);
+    assert_eq!(*store.watch_head().borrow(), 2);
+    let result = append_one(&store, "a").await;
+    assert_eq!(
+        (result.first_position, result.streams[0].first_version),
+        (3, 1)
+    );
+    let log = store
+        .read_all(1, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(log.events.len(), 3);
+    assert!(
+        log.events
+            .windows(2)
+            .all(|w| w[0].recorded_at <= w[1].recorded_at)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_after_the_window_and_survive_reconnecting() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let request = |key: &str, fingerprint| AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: key.into(),
+            fingerprint: [fingerprint; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..AppendRequest::single(stream("x"), ExpectedVersion::Any, vec![event("E", "{}")])
+    };
+    {
+        let store = PostgresStore::connect(options(&database)).await.unwrap();
+        store.append(request("durable", 9)).await.unwrap();
+    }
+    let store = PostgresStore::connect(options(&database)).await.unwrap();
+    assert_eq!(
+        store.append(request("durable", 9)).await.unwrap(),
+        AppendOutcome::Replayed {
+            body: "{\"p\":1}".into()
+        }
+    );
+    drop(store);
+    // With a zero window a key is forgotten at once: another request may use it.
+    let forgetful = PostgresStore::connect(PostgresOptions {
+        idempotency_window: Duration::ZERO,
+        ..options(&database)
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        forgetful.append(request("durable", 1)).await.unwrap(),
+        AppendOutcome::Committed(_)
+    ));
+    assert_eq!(forgetful.head_position().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_paths_use_their_indexes() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    drop(PostgresStore::connect(options(&database)).await.unwrap());
+    let client = sql(&database.primary_url).await;
+    // The tables are empty: forbid sequential scans so the plan shows what the indexes
+    // can do.
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    for (query, expected) in [
+        (
+            "SELECT * FROM events e WHERE e.stream_id = 1 AND e.version >= 0 ORDER BY e.version LIMIT 10",
+            "events_by_stream",
+        ),
+        (
+            "SELECT * FROM events e WHERE e.position >= 5 ORDER BY e.position LIMIT 10",
+            "events_pkey",
+        ),
+        (
+            "SELECT * FROM events e WHERE e.position >= 5 AND e.category = 'order' ORDER BY e.position LIMIT 10",
+            "events_by_category",
+        ),
+        (
+            "SELECT * FROM events e WHERE e.position >= 5 AND e.type = 'A' ORDER BY e.position LIMIT 10",
+            "events_by_type",
+        ),
+        (
+            "SELECT position FROM event_tags WHERE tag = 'x' AND position > 5",
+            "event_tags_pkey",
+        ),
+        (
+            "SELECT * FROM events WHERE id = '00000000-0000-0000-0000-000000000000'",
+            "events_by_id",
+        ),
+        ("SELECT * FROM streams WHERE name = 'a'", "streams_name_key"),
+        (
+            "SELECT * FROM streams WHERE name >= 'order-' AND name < 'order.' ORDER BY name LIMIT 10",
+            "streams_name_key",
+        ),
+        (
+            "SELECT * FROM idempotency_keys WHERE key = 'k'",
+            "idempotency_keys_pkey",
+        ),
+    ] {
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {query}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains(expected), "{query}\nplan:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{query}\nplan:\n{plan}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listen_connection_comes_back_without_a_gap() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let follower: SharedStore = Arc::new(PostgresStore::connect(options(&database)).await.unwrap());
+    let writer = PostgresStore::connect(options(&database)).await.unwrap();
+    let mut tail = LogTail::new(Arc::clone(&follower), 1, EventFilter::default());
+    append_one(&writer, "before").await;
+    let first = tail.next_batch().await.unwrap();
+    assert_eq!(first[0].position, 1);
+    // Cut every LISTEN connection of this database, then write while they are gone.
+    let client = sql(&database.primary_url).await;
+    let cut: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1, "no LISTEN connection found");
+    for _ in 0..20 {
+        append_one(&writer, "during").await;
+    }
+    // The follower hears of them (by reconnecting and catching up), in order.
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let batch = tokio::time::timeout(Duration::from_secs(20), tail.next_batch())
+            .await
+            .expect("the follower caught up after its LISTEN connection was cut")
+            .unwrap();
+        seen.extend(batch.iter().map(|e| e.position));
+    }
+    assert_eq!(seen, (2..=21).collect::<Vec<_>>());
+    let mut head = follower.watch_head();
+    tokio::time::timeout(Duration::from_secs(20), head.wait_for(|head| *head >= 21))
+        .await
+        .expect("the follower's head caught up")
+        .unwrap();
+}
