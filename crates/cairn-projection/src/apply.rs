@@ -1,13 +1,16 @@
 //! Applying a batch of events to the read models: each event's statements with their
 //! parameters bound, and the checkpoint, in one transaction. Runs on a blocking thread.
 
+use std::time::{Duration, Instant};
+
 use cairn_core::{Position, RecordedEvent, format_rfc3339_micros};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 use serde_json::Value as Json;
 
-use crate::config::{EventField, ProjectionPlan};
+use crate::config::{EventField, EventStatement, ProjectionPlan};
 use crate::db::{self, ProjectionError, StoredState};
+use crate::plans;
 
 /// What became of a batch.
 #[derive(Debug)]
@@ -45,20 +48,28 @@ impl From<rusqlite::Error> for AttemptError {
 /// back and the events before the failing one are applied again, with the checkpoint
 /// just before it and the failure recorded, so nothing before it is lost and nothing
 /// after it happens.
+///
+/// Each event's statements are timed (`cairn_projection_statement_duration_seconds`),
+/// and a statement slower than `slow` is logged with its plan (target
+/// `cairn::slow_query`), with its placeholders' names, never their values.
 pub(crate) fn apply_batch(
     connection: &mut Connection,
     plan: &ProjectionPlan,
     events: &[RecordedEvent],
     through: Position,
     state: StoredState,
+    slow: Duration,
 ) -> BatchOutcome {
-    let mut outcome = attempt(connection, plan, events, through, state, None);
+    let mut outcome = attempt(connection, plan, events, through, state, None, slow);
     loop {
         match outcome {
             Ok(changed) => return BatchOutcome::Applied { changed },
             Err(AttemptError::Storage(message)) => return BatchOutcome::Storage(message),
             Err(AttemptError::Event { index, message }) => {
                 let event = &events[index];
+                if let Some(handler) = plan.handlers.get(&event.event_type) {
+                    handler.metrics.error();
+                }
                 let error = ProjectionError {
                     position: event.position,
                     event_type: Some(event.event_type.clone()),
@@ -74,6 +85,7 @@ pub(crate) fn apply_batch(
                     checkpoint,
                     StoredState::Failed,
                     Some(&error),
+                    slow,
                 ) {
                     Ok(changed) => {
                         return BatchOutcome::Failed {
@@ -96,11 +108,12 @@ fn attempt(
     through: Position,
     state: StoredState,
     error: Option<&ProjectionError>,
+    slow: Duration,
 ) -> Result<bool, AttemptError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut changed = false;
     for (index, event) in events.iter().enumerate() {
-        apply_event(&transaction, plan, event, &mut changed)
+        apply_event(&transaction, plan, event, &mut changed, slow)
             .map_err(|message| AttemptError::Event { index, message })?;
     }
     db::save_checkpoint(&transaction, &plan.config.name, through, state, error)?;
@@ -113,14 +126,17 @@ fn apply_event(
     plan: &ProjectionPlan,
     event: &RecordedEvent,
     changed: &mut bool,
+    slow: Duration,
 ) -> Result<(), String> {
     let Some(handler) = plan.handlers.get(&event.event_type) else {
         return Ok(());
     };
+    let started = Instant::now();
     let data = parse_if(handler.needs_data, &event.data, "data")?;
     let metadata = parse_if(handler.needs_meta, &event.metadata, "metadata")?;
-    for statement in &handler.statements {
+    for (index, statement) in handler.statements.iter().enumerate() {
         *changed = true;
+        let statement_started = Instant::now();
         let mut prepared = connection
             .prepare_cached(&statement.sql)
             .map_err(|e| e.to_string())?;
@@ -131,8 +147,43 @@ fn apply_event(
                 .map_err(|e| e.to_string())?;
         }
         prepared.raw_execute().map_err(|e| e.to_string())?;
+        let elapsed = statement_started.elapsed();
+        if elapsed >= slow {
+            log_slow_statement(
+                connection,
+                plan,
+                &event.event_type,
+                index,
+                statement,
+                elapsed,
+            );
+        }
     }
+    handler.metrics.duration(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One line for a statement slower than the threshold: names, duration and plan,
+/// never the values it was run with. The plan is only worked out now.
+fn log_slow_statement(
+    connection: &Connection,
+    plan: &ProjectionPlan,
+    event_type: &str,
+    index: usize,
+    statement: &EventStatement,
+    elapsed: Duration,
+) {
+    let plan_text = plans::one_line_plan(connection, &statement.sql, &[]);
+    tracing::warn!(
+        target: "cairn::slow_query",
+        projection = %plan.config.name,
+        event_type,
+        statement = index + 1,
+        params = ?statement.names,
+        duration_ms = plans::milliseconds(elapsed),
+        plan = %plan_text,
+        "slow projection statement"
+    );
 }
 
 fn parse_if(needed: bool, text: &str, what: &str) -> Result<Option<Json>, String> {

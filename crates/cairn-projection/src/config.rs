@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::{EventFilter, EventType, StreamName, Tag};
@@ -12,6 +13,7 @@ use serde::de::{self, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::ReadSideError;
+use crate::metrics::StatementMetrics;
 use crate::sql::{self, Rewritten};
 
 /// One projection: SQL run inside the read-model database for each matching event.
@@ -243,14 +245,19 @@ impl EventField {
 pub(crate) struct EventStatement {
     pub sql: String,
     pub fields: Vec<EventField>,
+    /// The placeholders' names (`data.id`), in binding order: what the slow-query log
+    /// shows instead of the values.
+    pub names: Vec<String>,
 }
 
 /// The statements for one event type.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Handler {
     pub statements: Vec<EventStatement>,
     pub needs_data: bool,
     pub needs_meta: bool,
+    /// Its metrics' keys, built once.
+    pub metrics: StatementMetrics,
 }
 
 /// A projection, validated and compiled.
@@ -267,10 +274,10 @@ pub(crate) struct ProjectionPlan {
 
 /// A named query, validated and compiled.
 #[derive(Debug, Clone)]
-pub(crate) struct QueryPlan {
+pub(crate) struct CompiledQuery {
     pub name: String,
     /// The SQL with `?N` parameters.
-    pub sql: String,
+    pub sql: Arc<str>,
     /// The parameter bound to `?{i + 1}`, in that order.
     pub bound: Vec<String>,
     pub params: BTreeMap<String, ParamSpec>,
@@ -282,7 +289,7 @@ pub(crate) struct QueryPlan {
 pub(crate) fn compile(
     projections: &[ProjectionConfig],
     queries: &[QueryConfig],
-) -> Result<(Vec<ProjectionPlan>, Vec<QueryPlan>), ReadSideError> {
+) -> Result<(Vec<ProjectionPlan>, Vec<CompiledQuery>), ReadSideError> {
     let mut seen = BTreeSet::new();
     let mut projection_plans = Vec::with_capacity(projections.len());
     for projection in projections {
@@ -365,7 +372,12 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
                 "on.{event_type} can never run: filter.types does not include {event_type:?}"
             )));
         }
-        let mut handler = Handler::default();
+        let mut handler = Handler {
+            statements: Vec::with_capacity(statements.len()),
+            needs_data: false,
+            needs_meta: false,
+            metrics: StatementMetrics::new(name, event_type),
+        };
         for (index, statement) in statements.iter().enumerate() {
             let where_ = || format!("on.{event_type} statement {}", index + 1);
             let Rewritten { sql, names } =
@@ -384,7 +396,9 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
                 .collect::<Result<Vec<_>, _>>()?;
             handler.needs_data |= fields.iter().any(|f| matches!(f, EventField::Data(_)));
             handler.needs_meta |= fields.iter().any(|f| matches!(f, EventField::Meta(_)));
-            handler.statements.push(EventStatement { sql, fields });
+            handler
+                .statements
+                .push(EventStatement { sql, fields, names });
         }
         handlers.insert(event_type.clone(), handler);
     }
@@ -412,7 +426,7 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
     })
 }
 
-fn compile_query(config: &QueryConfig) -> Result<QueryPlan, ReadSideError> {
+fn compile_query(config: &QueryConfig) -> Result<CompiledQuery, ReadSideError> {
     let name = &config.name;
     let fail = |message: String| config_error(format!("query {name:?}: {message}"));
     let Rewritten { sql, names } = sql::rewrite(&config.sql).map_err(fail)?;
@@ -459,9 +473,9 @@ fn compile_query(config: &QueryConfig) -> Result<QueryPlan, ReadSideError> {
             Some(ttl)
         }
     };
-    Ok(QueryPlan {
+    Ok(CompiledQuery {
         name: name.clone(),
-        sql,
+        sql: sql.into(),
         bound: names,
         params: config.params.clone(),
         cache_ttl,

@@ -10,6 +10,13 @@
 //!   checked parameters and answers rows plus the log position they reflect;
 //!   `min_position` waits (woken by the projections, not by polling) for
 //!   read-your-writes.
+//! - Every statement and query is planned (`EXPLAIN QUERY PLAN`) at start and after
+//!   each rebuild: a full scan of a read-model table or a sort without an index is a
+//!   [`PlanWarning`] naming the table, the columns and the `CREATE INDEX` that avoids
+//!   it (`plans.rs`, with the columns read from the SQL by `shape.rs`); with
+//!   `strict_plans` the read side refuses to start while one stands. Queries and
+//!   statements slower than `slow_query_threshold` are logged with their plan
+//!   (target `cairn::slow_query`), with parameter names, never values.
 //!
 //! **Architecture invariants:**
 //! - A batch's effects and its projection's checkpoint commit in one transaction
@@ -26,8 +33,10 @@ mod cache;
 mod config;
 mod db;
 pub mod metrics;
+mod plans;
 mod projection;
 mod query;
+mod shape;
 mod sql;
 
 use std::collections::HashMap;
@@ -47,16 +56,18 @@ pub use config::{
 };
 pub use db::{ProjectionError, READ_MODEL_FILE};
 pub use error::ReadSideError;
+pub use plans::{PlanAnalysis, PlanRow, PlanSubject, PlanWarning, PlanWarningKind, QueryPlan};
 pub use projection::ProjectionState;
-pub use query::Row;
+pub use query::{QueryStatus, Row};
 
 use crate::cache::{CachedResult, QueryCache};
-use crate::config::{ProjectionPlan, QueryPlan};
+use crate::config::{CompiledQuery, ProjectionPlan};
 use crate::db::{ReadPool, StoredProjection, StoredState};
 use crate::error::storage;
-use crate::metrics as m;
+use crate::plans::PlanChecks;
 use crate::projection::{Projection, RunContext};
-use crate::query::QueryEntry;
+use crate::query::{QueryEntry, QueryStats};
+use crate::shape::Schema;
 
 mod error;
 
@@ -71,7 +82,16 @@ pub struct ReadSideOptions {
     pub cache_bytes: u64,
     /// The most events one projection applies in one transaction.
     pub batch_size: usize,
+    /// Refuse to start (`ReadSideError::Config`, listing them) while any plan warning
+    /// stands: for CI pipelines that keep read models indexed.
+    pub strict_plans: bool,
+    /// Queries and projection statements slower than this are logged, one line each
+    /// (target `cairn::slow_query`) with their plan; `Duration::MAX` turns it off.
+    pub slow_query_threshold: Duration,
 }
+
+/// The default of [`ReadSideOptions::slow_query_threshold`].
+pub const DEFAULT_SLOW_QUERY_THRESHOLD: Duration = Duration::from_millis(50);
 
 impl ReadSideOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -80,6 +100,8 @@ impl ReadSideOptions {
             read_connections: 4,
             cache_bytes: 64 * 1024 * 1024,
             batch_size: 2000,
+            strict_plans: false,
+            slow_query_threshold: DEFAULT_SLOW_QUERY_THRESHOLD,
         }
     }
 }
@@ -104,6 +126,9 @@ pub struct ProjectionStatus {
     pub message: Option<String>,
     /// While rebuilding: position / head, from 0.0 to 1.0.
     pub rebuild_progress: Option<f64>,
+    /// Full scans and sorts without an index in its statements' plans, as checked at
+    /// start and after every rebuild; each names the index that would avoid it.
+    pub plan_warnings: Vec<PlanWarning>,
 }
 
 /// A query's answer.
@@ -128,6 +153,10 @@ pub struct ReadSide {
     query_names: Vec<String>,
     reads: ReadPool,
     cache: QueryCache,
+    slow_query_threshold: Duration,
+    /// Held while plans are checked again, so that a later check's result is stored
+    /// last.
+    recheck: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     /// The data directory's lock; running projections hold a share of it.
     lock: Mutex<Option<Arc<File>>>,
@@ -138,8 +167,10 @@ const DEFINITION_CHANGED: &str = "the projection's definition changed since its 
 
 impl ReadSide {
     /// Opens (creating when needed) `readmodels.db` in the data directory, creates new
-    /// projections (running their `setup`), checks every statement and query, and
-    /// starts each projection that has not failed from its checkpoint.
+    /// projections (running their `setup`), checks every statement and query, plans
+    /// them (logging each full scan or sort without an index once; with
+    /// `strict_plans`, refusing to start while there is one), and starts each
+    /// projection that has not failed from its checkpoint.
     pub async fn start(
         store: SharedStore,
         options: ReadSideOptions,
@@ -150,21 +181,56 @@ impl ReadSide {
         let lock = db::lock_data_dir(&options.data_dir)?;
         let path = options.data_dir.join(READ_MODEL_FILE);
         let plans: Vec<Arc<ProjectionPlan>> = projection_plans.into_iter().map(Arc::new).collect();
-        let stored = {
+        let (stored, checks) = {
             let path = path.clone();
             let plans = plans.clone();
             let query_plans = query_plans.clone();
-            tokio::task::spawn_blocking(move || open_projections(&path, &plans, &query_plans))
-                .await
-                .map_err(storage)??
+            tokio::task::spawn_blocking(move || {
+                let stored = open_projections(&path, &plans, &query_plans)?;
+                let reader = db::open_reader(&path)?;
+                let checks = crate::plans::check_all(&reader, &plans, &query_plans).unwrap_or_else(
+                    |error| {
+                        tracing::warn!(target: "cairn::plans", %error, "plans cannot be checked");
+                        PlanChecks::default()
+                    },
+                );
+                Ok::<_, ReadSideError>((stored, checks))
+            })
+            .await
+            .map_err(storage)??
         };
+        let warnings: Vec<&PlanWarning> = checks
+            .projections
+            .iter()
+            .flatten()
+            .chain(checks.queries.iter().flat_map(|check| &check.warnings))
+            .collect();
+        for warning in &warnings {
+            plans::log(warning);
+        }
+        if options.strict_plans && !warnings.is_empty() {
+            let listed: Vec<String> = warnings.iter().map(|w| format!("- {w}")).collect();
+            return Err(ReadSideError::Config(format!(
+                "strict plans: {} plan warning{} (add the suggested indexes to the projections' setup; \
+                 an existing read model runs its setup again on rebuild):\n{}",
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" },
+                listed.join("\n")
+            )));
+        }
+        let warning_count = warnings.len();
+        let PlanChecks {
+            projections: projection_warnings,
+            queries: query_checks,
+        } = checks;
         let head = *store.watch_head().borrow();
         let (moved, _) = watch::channel(0u64);
         let moved = Arc::new(moved);
         let projections: Vec<Arc<Projection>> = plans
             .iter()
             .zip(stored)
-            .map(|(plan, stored)| {
+            .zip(pad(projection_warnings, plans.len()))
+            .map(|((plan, stored), plan_warnings)| {
                 let definition_changed = stored.definition_hash != plan.definition_hash;
                 if definition_changed {
                     tracing::warn!(projection = %plan.config.name, "{DEFINITION_CHANGED}");
@@ -190,22 +256,30 @@ impl ReadSide {
                     }
                     _ => (ProjectionState::Running, None),
                 };
-                Arc::new(Projection::new(
+                let projection = Projection::new(
                     Arc::clone(plan),
                     stored.position,
                     state,
                     error,
                     definition_changed,
                     Arc::clone(&moved),
-                ))
+                );
+                if let Ok(mut warnings) = projection.plan_warnings.lock() {
+                    *warnings = plan_warnings;
+                }
+                Arc::new(projection)
             })
             .collect();
         let query_names = query_plans.iter().map(|q| q.name.clone()).collect();
+        let query_count = query_plans.len();
         let queries = query_plans
             .into_iter()
-            .map(|plan| {
+            .zip(pad(query_checks, query_count))
+            .map(|(plan, check)| {
                 let entry = QueryEntry {
                     projections: projections_read_by(&plan, &projections),
+                    stats: QueryStats::new(&plan.name),
+                    plan_check: Mutex::new(check),
                     plan,
                 };
                 (entry.plan.name.clone(), entry)
@@ -216,6 +290,7 @@ impl ReadSide {
             store: store.clone(),
             path,
             batch_size: options.batch_size.max(1),
+            slow_query_threshold: options.slow_query_threshold,
         };
         let read_side = Arc::new(ReadSide {
             store,
@@ -226,6 +301,8 @@ impl ReadSide {
             query_names,
             reads,
             cache: QueryCache::new(options.cache_bytes),
+            slow_query_threshold: options.slow_query_threshold,
+            recheck: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             lock: Mutex::new(Some(Arc::new(lock))),
         });
@@ -238,6 +315,7 @@ impl ReadSide {
         tracing::info!(
             projections = read_side.projections.len(),
             queries = read_side.queries.len(),
+            plan_warnings = warning_count,
             "read side started"
         );
         Ok(read_side)
@@ -301,7 +379,8 @@ impl ReadSide {
     /// Rebuilds a projection: runs `teardown` and `setup`, resets its checkpoint to 0
     /// (one transaction), then replays the log from position 1 with the definition as
     /// now configured. If teardown or setup fails, nothing changes and the projection
-    /// goes on as before.
+    /// goes on as before. Every plan is checked again afterwards (`setup` may have
+    /// added indexes); new warnings are logged.
     pub async fn rebuild(&self, name: &str) -> Result<ProjectionStatus, ReadSideError> {
         let projection = self.find(name)?;
         self.ensure_running()?;
@@ -341,6 +420,7 @@ impl ReadSide {
         *run = Some(self.spawn(projection)?);
         tracing::info!(projection = name, head, "projection rebuilding");
         drop(run);
+        self.recheck_plans().await;
         Ok(self.status(projection))
     }
 
@@ -387,7 +467,9 @@ impl ReadSide {
 
     /// Runs a named query. `params` are the raw strings of the request (without
     /// `min_position` and `wait_ms`). With `min_position`, waits up to `wait` for the
-    /// read model to reflect that position, else `ConsistencyTimeout`.
+    /// read model to reflect that position, else `ConsistencyTimeout`. Counted in the
+    /// query's metrics and status; a run slower than the slow-query threshold is
+    /// logged with its plan and its parameters' names (never their values).
     pub async fn query(
         &self,
         name: &str,
@@ -399,12 +481,27 @@ impl ReadSide {
             .queries
             .get(name)
             .ok_or_else(|| ReadSideError::QueryNotFound(name.to_owned()))?;
+        entry.stats.call();
+        let answer = self.answer(entry, params, min_position, wait).await;
+        match &answer {
+            Ok(result) => entry.stats.rows(result.rows.len()),
+            Err(_) => entry.stats.error(),
+        }
+        answer
+    }
+
+    async fn answer(
+        &self,
+        entry: &QueryEntry,
+        params: &HashMap<String, String>,
+        min_position: Option<u64>,
+        wait: Duration,
+    ) -> Result<QueryResult, ReadSideError> {
         let values = query::parse_params(&entry.plan, params)?;
         if let Some(min_position) = min_position {
             self.wait_for(entry, min_position, wait).await?;
         }
         let started = Instant::now();
-        let labels = [("query", entry.plan.name.clone())];
         let key = query::cache_key(&entry.plan.name, &values);
         if let Some(hit) = self.cache.get(&key).await {
             let now = entry.progress();
@@ -425,9 +522,11 @@ impl ReadSide {
                     Some(_) => hit.position,
                     None => entry.position().max(hit.position),
                 };
-                ::metrics::counter!(m::QUERY_CACHE_HITS, &labels).increment(1);
-                ::metrics::histogram!(m::QUERY_DURATION_SECONDS, &labels)
-                    .record(started.elapsed().as_secs_f64());
+                entry.stats.cache_hit();
+                entry
+                    .stats
+                    .metrics
+                    .duration(started.elapsed().as_secs_f64());
                 return Ok(QueryResult {
                     rows: hit.rows.as_ref().clone(),
                     position,
@@ -435,16 +534,36 @@ impl ReadSide {
                 });
             }
         }
-        ::metrics::counter!(m::QUERY_CACHE_MISSES, &labels).increment(1);
+        entry.stats.cache_miss();
         // Progress is published after its commit: rows read after this snapshot
         // reflect at least these positions and generations.
         let before = entry.progress();
         let position = before.iter().map(|p| p.position).min().unwrap_or(0);
-        let sql = entry.plan.sql.clone();
-        let rows = self
+        let sql = Arc::clone(&entry.plan.sql);
+        let threshold = self.slow_query_threshold;
+        let (rows, ran_for, slow_plan) = self
             .reads
-            .run(move |connection| query::run(connection, &sql, &values))
+            .run(move |connection| {
+                let started = Instant::now();
+                let rows = query::run(connection, &sql, &values)?;
+                let ran_for = started.elapsed();
+                // The plan is only worked out for a slow run.
+                let plan =
+                    (ran_for >= threshold).then(|| plans::one_line_plan(connection, &sql, &values));
+                Ok::<_, ReadSideError>((rows, ran_for, plan))
+            })
             .await?;
+        if let Some(plan) = slow_plan {
+            entry.stats.slow();
+            tracing::warn!(
+                target: "cairn::slow_query",
+                query = %entry.plan.name,
+                params = ?entry.plan.bound,
+                duration_ms = plans::milliseconds(ran_for),
+                plan = %plan,
+                "slow query"
+            );
+        }
         let generations: Vec<u64> = before.iter().map(|p| p.generation).collect();
         let epochs: Vec<u64> = before.iter().map(|p| p.epoch).collect();
         let unchanged = entry
@@ -469,14 +588,129 @@ impl ReadSide {
                 )
                 .await;
         }
-        ::metrics::histogram!(m::QUERY_DURATION_SECONDS, &labels)
-            .record(started.elapsed().as_secs_f64());
+        entry
+            .stats
+            .metrics
+            .duration(started.elapsed().as_secs_f64());
         let rows = Arc::try_unwrap(rows).unwrap_or_else(|shared| shared.as_ref().clone());
         Ok(QueryResult {
             rows,
             position,
             cached: false,
         })
+    }
+
+    /// The plan SQLite would use for a named query with these parameters (raw strings,
+    /// as for [`ReadSide::query`]; a required parameter left out takes a representative
+    /// value, since SQLite's plans do not depend on values), with its warnings. With
+    /// `analyze` the query is also run (every parameter required then), and its
+    /// duration and the number of rows it returned are reported beside the plan:
+    /// SQLite has no `EXPLAIN ANALYZE`. Not counted in the query's metrics.
+    pub async fn plan(
+        &self,
+        name: &str,
+        params: &HashMap<String, String>,
+        analyze: bool,
+    ) -> Result<QueryPlan, ReadSideError> {
+        let entry = self
+            .queries
+            .get(name)
+            .ok_or_else(|| ReadSideError::QueryNotFound(name.to_owned()))?;
+        let values = query::parse_params_or(&entry.plan, params, !analyze)?;
+        self.ensure_running()?;
+        let query_name = entry.plan.name.clone();
+        let sql = Arc::clone(&entry.plan.sql);
+        self.reads
+            .run(move |connection| {
+                let subject = PlanSubject::Query {
+                    name: query_name.clone(),
+                };
+                let schema = Schema::load(connection).map_err(storage)?;
+                let (rows, warnings) =
+                    plans::check(connection, &schema, &subject, &sql, &values).map_err(storage)?;
+                let analysis = if analyze {
+                    let started = Instant::now();
+                    let returned = query::run(connection, &sql, &values)?;
+                    Some(PlanAnalysis {
+                        duration: started.elapsed(),
+                        rows_returned: returned.len(),
+                    })
+                } else {
+                    None
+                };
+                Ok(QueryPlan {
+                    query: query_name,
+                    sql: sql.to_string(),
+                    text: plans::render(&rows),
+                    rows,
+                    warnings,
+                    analysis,
+                })
+            })
+            .await
+    }
+
+    /// Every configured query's status, in configuration order.
+    pub fn queries(&self) -> Vec<QueryStatus> {
+        self.query_names
+            .iter()
+            .filter_map(|name| self.queries.get(name))
+            .map(QueryEntry::status)
+            .collect()
+    }
+
+    /// A query's plan warnings and what it has served since the read side started.
+    pub fn query_status(&self, name: &str) -> Result<QueryStatus, ReadSideError> {
+        self.queries
+            .get(name)
+            .map(QueryEntry::status)
+            .ok_or_else(|| ReadSideError::QueryNotFound(name.to_owned()))
+    }
+
+    /// Plans every statement and query again (after a rebuild ran `setup`), logging the
+    /// warnings that are new and the ones that cleared.
+    async fn recheck_plans(&self) {
+        let _one_at_a_time = self.recheck.lock().await;
+        let projections: Vec<Arc<ProjectionPlan>> = self
+            .projections
+            .iter()
+            .map(|p| Arc::clone(&p.plan))
+            .collect();
+        let queries: Vec<CompiledQuery> = self
+            .query_names
+            .iter()
+            .filter_map(|name| self.queries.get(name))
+            .map(|entry| entry.plan.clone())
+            .collect();
+        let checked = self
+            .reads
+            .run(move |connection| {
+                plans::check_all(connection, &projections, &queries).map_err(storage)
+            })
+            .await;
+        let checks = match checked {
+            Ok(checks) => checks,
+            Err(error) => {
+                tracing::warn!(target: "cairn::plans", %error, "plans cannot be checked again");
+                return;
+            }
+        };
+        for (projection, warnings) in self.projections.iter().zip(checks.projections) {
+            if let Ok(mut current) = projection.plan_warnings.lock() {
+                report_changes(&current, &warnings);
+                *current = warnings;
+            }
+        }
+        let entries = self
+            .query_names
+            .iter()
+            .filter_map(|name| self.queries.get(name));
+        for (entry, check) in entries.zip(checks.queries) {
+            if let Ok(mut current) = entry.plan_check.lock() {
+                report_changes(&current.warnings, &check.warnings);
+                *current = check;
+            }
+        }
     }
 
     /// Stops every projection (each finishes the batch in hand and saves its
@@ -534,6 +768,11 @@ impl ReadSide {
     fn status(&self, projection: &Projection) -> ProjectionStatus {
         let position = projection.position();
         let head = (*self.store.watch_head().borrow()).max(position);
+        let plan_warnings = projection
+            .plan_warnings
+            .lock()
+            .map(|warnings| warnings.clone())
+            .unwrap_or_default();
         let (state, last_error, definition_changed) = match projection.status.lock() {
             Ok(status) => (
                 status.state,
@@ -559,6 +798,7 @@ impl ReadSide {
                     position as f64 / head as f64
                 }
             }),
+            plan_warnings,
         }
     }
 
@@ -599,9 +839,34 @@ impl Drop for ReadSide {
     }
 }
 
+/// Logs the warnings in `now` that were not in `before`, and notes those that cleared.
+fn report_changes(before: &[PlanWarning], now: &[PlanWarning]) {
+    for warning in now.iter().filter(|w| !before.contains(w)) {
+        plans::log(warning);
+    }
+    for cleared in before.iter().filter(|w| !now.contains(w)) {
+        tracing::info!(
+            target: "cairn::plans",
+            subject = %cleared.subject,
+            kind = cleared.kind.as_str(),
+            table = %cleared.table,
+            "plan warning cleared"
+        );
+    }
+}
+
+/// `items`, or as many defaults as expected when the check could not run.
+fn pad<T: Default>(mut items: Vec<T>, expected: usize) -> Vec<T> {
+    items.resize_with(expected, T::default);
+    items
+}
+
 /// The projections whose tables (created by their `setup`) the query names; all of
 /// them when it names none.
-fn projections_read_by(plan: &QueryPlan, projections: &[Arc<Projection>]) -> Vec<Arc<Projection>> {
+fn projections_read_by(
+    plan: &CompiledQuery,
+    projections: &[Arc<Projection>],
+) -> Vec<Arc<Projection>> {
     let named: Vec<Arc<Projection>> = projections
         .iter()
         .filter(|p| !p.plan.tables.is_disjoint(&plan.identifiers))
@@ -619,7 +884,7 @@ fn projections_read_by(plan: &QueryPlan, projections: &[Arc<Projection>]) -> Vec
 fn open_projections(
     path: &std::path::Path,
     plans: &[Arc<ProjectionPlan>],
-    queries: &[QueryPlan],
+    queries: &[CompiledQuery],
 ) -> Result<Vec<StoredProjection>, ReadSideError> {
     let mut connection = db::open_writer(path)?;
     db::migrate(&mut connection)?;

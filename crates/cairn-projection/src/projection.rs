@@ -25,6 +25,7 @@ use crate::apply::{BatchOutcome, apply_batch};
 use crate::config::ProjectionPlan;
 use crate::db::{self, ProjectionError, StoredState};
 use crate::metrics as m;
+use crate::plans::PlanWarning;
 
 /// Positions without effects that may go unwritten before the checkpoint is saved.
 const LAZY_CHECKPOINT: u64 = 10_000;
@@ -72,6 +73,9 @@ pub(crate) struct Projection {
     pub plan: Arc<ProjectionPlan>,
     pub progress: watch::Sender<Progress>,
     pub status: Mutex<StatusState>,
+    /// Full scans and sorts without an index in its statements' plans, as checked at
+    /// start and after every rebuild.
+    pub plan_warnings: Mutex<Vec<PlanWarning>>,
     rate: Mutex<RateMeter>,
     /// The running tasks, if any; locked by restart, rebuild and shutdown.
     pub run: tokio::sync::Mutex<Option<Run>>,
@@ -100,6 +104,8 @@ pub(crate) struct RunContext {
     pub store: SharedStore,
     pub path: PathBuf,
     pub batch_size: usize,
+    /// Statements slower than this are logged with their plan.
+    pub slow_query_threshold: Duration,
 }
 
 impl Projection {
@@ -124,6 +130,7 @@ impl Projection {
                 last_error,
                 definition_changed,
             }),
+            plan_warnings: Mutex::new(Vec::new()),
             rate: Mutex::new(RateMeter::new()),
             run: tokio::sync::Mutex::new(None),
             moved,
@@ -360,8 +367,9 @@ async fn apply_loop(
         };
         let plan = Arc::clone(&projection.plan);
         let started = Instant::now();
+        let slow = context.slow_query_threshold;
         let applied = tokio::task::spawn_blocking(move || {
-            let outcome = apply_batch(&mut connection, &plan, &events, through, stored_state);
+            let outcome = apply_batch(&mut connection, &plan, &events, through, stored_state, slow);
             (connection, outcome)
         })
         .await;

@@ -3,23 +3,122 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Statement};
 use serde_json::{Map, Value as Json};
 
 use crate::ReadSideError;
-use crate::config::{ParamSpec, ParamType, ParamValue, QueryPlan};
+use crate::config::{CompiledQuery, ParamSpec, ParamType, ParamValue};
+use crate::metrics::QueryMetrics;
+use crate::plans::PlanWarning;
 use crate::projection::{Progress, Projection};
 
 /// Rows of a query result: column name → value.
 pub type Row = Map<String, Json>;
 
+/// A named query as the API reports it: its plan's warnings and what it has served
+/// since the read side started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryStatus {
+    pub name: String,
+    /// The parameters' names, in the order the SQL binds them.
+    pub params: Vec<String>,
+    /// Full scans and sorts without an index in its plan, as checked at start and
+    /// after every rebuild.
+    pub plan_warnings: Vec<PlanWarning>,
+    /// Why its plan could not be checked (its tables do not exist yet, say).
+    pub plan_error: Option<String>,
+    /// Calls (cache hits, misses and errors alike).
+    pub calls: u64,
+    /// Calls answered with an error.
+    pub errors: u64,
+    /// Rows returned, cached or not.
+    pub rows: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Runs slower than the slow-query threshold.
+    pub slow: u64,
+}
+
+impl QueryStatus {
+    /// Cache hits over hits and misses; `None` before the first answer.
+    pub fn cache_hit_ratio(&self) -> Option<f64> {
+        let answered = self.cache_hits + self.cache_misses;
+        (answered > 0).then(|| self.cache_hits as f64 / answered as f64)
+    }
+}
+
+/// What a query's plan check found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PlanCheck {
+    pub warnings: Vec<PlanWarning>,
+    pub error: Option<String>,
+}
+
+/// A query's counters, and the keys of its metrics.
+pub(crate) struct QueryStats {
+    pub metrics: QueryMetrics,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    rows: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    slow: AtomicU64,
+}
+
+impl QueryStats {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            metrics: QueryMetrics::new(name),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics.call();
+    }
+
+    pub(crate) fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.error();
+    }
+
+    pub(crate) fn rows(&self, rows: usize) {
+        let rows = rows as u64;
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.metrics.rows(rows);
+    }
+
+    pub(crate) fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_hit();
+    }
+
+    pub(crate) fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_miss();
+    }
+
+    pub(crate) fn slow(&self) {
+        self.slow.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A query and the projections whose tables it reads.
 pub(crate) struct QueryEntry {
-    pub plan: QueryPlan,
+    pub plan: CompiledQuery,
     pub projections: Vec<Arc<Projection>>,
+    pub stats: QueryStats,
+    pub plan_check: Mutex<PlanCheck>,
 }
 
 impl QueryEntry {
@@ -39,13 +138,68 @@ impl QueryEntry {
             .map(|projection| *projection.progress.borrow())
             .collect()
     }
+
+    pub(crate) fn status(&self) -> QueryStatus {
+        let check = self
+            .plan_check
+            .lock()
+            .map(|check| check.clone())
+            .unwrap_or_default();
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let stats = &self.stats;
+        QueryStatus {
+            name: self.plan.name.clone(),
+            params: self.plan.bound.clone(),
+            plan_warnings: check.warnings,
+            plan_error: check.error,
+            calls: count(&stats.calls),
+            errors: count(&stats.errors),
+            rows: count(&stats.rows),
+            cache_hits: count(&stats.cache_hits),
+            cache_misses: count(&stats.cache_misses),
+            slow: count(&stats.slow),
+        }
+    }
+}
+
+/// A value for each parameter that stands for any other in a plan: its default, else
+/// a value of its type within its bounds.
+pub(crate) fn representative_params(plan: &CompiledQuery) -> Vec<ParamValue> {
+    plan.bound
+        .iter()
+        .map(|name| representative(&plan.params[name]))
+        .collect()
+}
+
+fn representative(spec: &ParamSpec) -> ParamValue {
+    if let Some(default) = &spec.default {
+        return default.clone();
+    }
+    let low = spec.min.unwrap_or(0.0).max(0.0);
+    let low = spec.max.map_or(low, |max| low.min(max));
+    match spec.param_type {
+        ParamType::Text => ParamValue::Text("a".repeat(low.ceil() as usize)),
+        ParamType::Int => ParamValue::Int(low.ceil() as i64),
+        ParamType::Float => ParamValue::Float(low),
+        ParamType::Bool => ParamValue::Bool(false),
+    }
 }
 
 /// The parameters' values in the order the SQL binds them (`?1`, `?2`, …), after
 /// defaults; unknown, missing, mistyped and out-of-bounds parameters are refused.
 pub(crate) fn parse_params(
-    plan: &QueryPlan,
+    plan: &CompiledQuery,
     given: &HashMap<String, String>,
+) -> Result<Vec<ParamValue>, ReadSideError> {
+    parse_params_or(plan, given, false)
+}
+
+/// As [`parse_params`]; with `stand_in`, a missing required parameter takes a
+/// representative value instead of being refused (for plans).
+pub(crate) fn parse_params_or(
+    plan: &CompiledQuery,
+    given: &HashMap<String, String>,
+    stand_in: bool,
 ) -> Result<Vec<ParamValue>, ReadSideError> {
     if let Some(unknown) = given
         .keys()
@@ -70,6 +224,7 @@ pub(crate) fn parse_params(
             let spec = &plan.params[name];
             let value = match given.get(name) {
                 Some(text) => parse_value(name, spec.param_type, text)?,
+                None if stand_in => representative(spec),
                 None => spec.default.clone().ok_or_else(|| {
                     ReadSideError::invalid_parameter(name, "required parameter is missing")
                 })?,
@@ -153,16 +308,7 @@ pub(crate) fn run(
 ) -> Result<Vec<Row>, ReadSideError> {
     let fail = |e: rusqlite::Error| ReadSideError::Storage(e.to_string());
     let mut statement = connection.prepare_cached(sql).map_err(fail)?;
-    for (index, value) in values.iter().enumerate() {
-        let position = index + 1;
-        match value {
-            ParamValue::Text(text) => statement.raw_bind_parameter(position, text.as_str()),
-            ParamValue::Int(integer) => statement.raw_bind_parameter(position, integer),
-            ParamValue::Float(number) => statement.raw_bind_parameter(position, number),
-            ParamValue::Bool(flag) => statement.raw_bind_parameter(position, i64::from(*flag)),
-        }
-        .map_err(fail)?;
-    }
+    bind(&mut statement, values).map_err(fail)?;
     let columns: Vec<String> = statement.column_names().map(str::to_owned).collect();
     let mut rows = statement.raw_query();
     let mut out = Vec::new();
@@ -175,6 +321,20 @@ pub(crate) fn run(
         out.push(object);
     }
     Ok(out)
+}
+
+/// Binds `values` to `?1`, `?2`, ….
+pub(crate) fn bind(statement: &mut Statement<'_>, values: &[ParamValue]) -> rusqlite::Result<()> {
+    for (index, value) in values.iter().enumerate() {
+        let position = index + 1;
+        match value {
+            ParamValue::Text(text) => statement.raw_bind_parameter(position, text.as_str()),
+            ParamValue::Int(integer) => statement.raw_bind_parameter(position, integer),
+            ParamValue::Float(number) => statement.raw_bind_parameter(position, number),
+            ParamValue::Bool(flag) => statement.raw_bind_parameter(position, i64::from(*flag)),
+        }?;
+    }
+    Ok(())
 }
 
 /// SQL to JSON: INTEGER and REAL → number, TEXT → string (JSON text stays a string),
@@ -222,7 +382,7 @@ mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
 
-    fn plan() -> QueryPlan {
+    fn plan() -> CompiledQuery {
         let mut params = BTreeMap::new();
         params.insert("customer".to_owned(), ParamSpec::required(ParamType::Text));
         params.insert(
@@ -236,9 +396,9 @@ mod tests {
         );
         params.insert("ratio".to_owned(), ParamSpec::required(ParamType::Float));
         params.insert("open".to_owned(), ParamSpec::required(ParamType::Bool));
-        QueryPlan {
+        CompiledQuery {
             name: "q".into(),
-            sql: String::new(),
+            sql: "".into(),
             bound: vec![
                 "customer".into(),
                 "limit".into(),

@@ -28,11 +28,11 @@ enum Token<'a> {
     Punct(u8),
 }
 
-fn is_word_start(byte: u8) -> bool {
+pub(crate) fn is_word_start(byte: u8) -> bool {
     byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80
 }
 
-fn is_word_byte(byte: u8) -> bool {
+pub(crate) fn is_word_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
 }
 
@@ -126,12 +126,12 @@ fn tokens(sql: &str) -> Vec<Token<'_>> {
     out
 }
 
-fn is_name_byte(byte: u8) -> bool {
+pub(crate) fn is_name_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_'
 }
 
 /// The index just past a literal opened by `quote` at `start`; doubled quotes escape.
-fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
+pub(crate) fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
     let mut i = start + 1;
     while i < bytes.len() {
         if bytes[i] == quote {

@@ -4,6 +4,7 @@
 //! with snapshots in `snapshots/`.
 
 mod behaviour;
+mod plans;
 mod read_models;
 
 use std::collections::HashMap;
