@@ -7,10 +7,12 @@
 
 mod error;
 mod groups;
+mod read_side;
 mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use groups::*;
+pub use read_side::*;
 pub use types::*;
 
 /// The header a writer sets to make a write safe to retry.

@@ -20,7 +20,9 @@
 //! Subscriptions ([`Client::subscribe`]) are async streams that reconnect by themselves
 //! and resume after the last event seen; consumer groups have typed calls
 //! ([`Client::claim`], [`Client::ack`], …) and a worker ([`GroupWorker`]) that claims,
-//! handles with bounded concurrency, and acks or nacks.
+//! handles with bounded concurrency, and acks or nacks. The read side has
+//! [`Client::query`] (named queries, with `min_position` for read-your-writes) and
+//! [`Client::projections`], [`Client::restart_projection`], [`Client::rebuild_projection`].
 //!
 //! Writes are safe to retry: every write carries an `Idempotency-Key` and the client
 //! re-sends the same request with the same key after a transport error or a 503.
@@ -33,6 +35,7 @@ mod decider;
 mod error;
 mod event;
 mod groups;
+mod read_side;
 mod sse;
 mod subscribe;
 mod worker;
@@ -42,7 +45,8 @@ pub use cairn_api::{
     Delivery, ErrorBody, ErrorCode, Event, EventFilterSpec, EventInput, EventQuery,
     ExpectedVersion, GroupList, GroupOrdering, GroupRequest, GroupSettingsView, GroupStatus,
     Health, MultiAppendRequest, MultiAppendResponse, MultiEventInput, NackRequest, ParkedEvent,
-    ParkedList, ReadAllResponse, ReadStreamResponse, ReplayParkedRequest, ReplayParkedResponse,
+    ParkedList, ProjectionFailure, ProjectionList, ProjectionState, ProjectionStatus,
+    QueryResponse, ReadAllResponse, ReadStreamResponse, ReplayParkedRequest, ReplayParkedResponse,
     SettleResponse, StreamInfo, StreamList,
 };
 pub use client::{

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_api::{ErrorBody, ErrorCode};
 use cairn_core::ExpectedVersion;
+use cairn_projection::ReadSideError;
 use cairn_store::StoreError;
 use http::{HeaderValue, StatusCode, header};
 
@@ -43,6 +44,11 @@ impl ApiError {
 
     pub fn message(&self) -> &str {
         &self.body.error.message
+    }
+
+    /// The body as it will be sent.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
     }
 
     pub fn invalid_json(message: impl Into<String>) -> Self {
@@ -176,6 +182,39 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ReadSideError> for ApiError {
+    fn from(error: ReadSideError) -> Self {
+        let message = error.to_string();
+        match error {
+            ReadSideError::ProjectionNotFound(name) => {
+                ApiError::new(ErrorCode::NotFound, message).with("projection", name)
+            }
+            ReadSideError::QueryNotFound(name) => {
+                ApiError::new(ErrorCode::NotFound, message).with("query", name)
+            }
+            ReadSideError::InvalidParameter { name, .. } => {
+                ApiError::invalid_request(message).with("parameter", name)
+            }
+            ReadSideError::ConsistencyTimeout {
+                min_position,
+                position,
+            } => ApiError::new(ErrorCode::ConsistencyTimeout, message)
+                .with("min_position", min_position)
+                .with("position", position),
+            // Stopping: the server is going away, another instance may answer.
+            ReadSideError::Storage(detail) if detail.contains(READ_SIDE_SHUT_DOWN) => {
+                ApiError::unavailable(&detail)
+            }
+            ReadSideError::Storage(detail) | ReadSideError::Config(detail) => {
+                ApiError::internal(&format!("read side: {detail}"))
+            }
+        }
+    }
+}
+
+/// What `cairn_projection` says once it is shut down (a 503, not a 500).
+const READ_SIDE_SHUT_DOWN: &str = "the read side is shut down";
+
 /// The wire form of an expected version: a number, or `"no_stream"`, `"exists"`, `"any"`.
 pub fn expected_to_json(expected: ExpectedVersion) -> serde_json::Value {
     match expected {
@@ -206,6 +245,7 @@ mod tests {
             (ErrorCode::IdempotencyKeyReused, 422),
             (ErrorCode::Internal, 500),
             (ErrorCode::Unavailable, 503),
+            (ErrorCode::ConsistencyTimeout, 504),
         ] {
             assert_eq!(status_of(code).as_u16(), status, "{code:?}");
         }
@@ -227,6 +267,21 @@ mod tests {
         let error = ApiError::from(StoreError::Internal("disk on fire at /var/x".into()));
         assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!error.message().contains("disk"));
+
+        let error = ApiError::from(ReadSideError::ConsistencyTimeout {
+            min_position: 9,
+            position: 4,
+        });
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+        let json = serde_json::to_value(&error.body).unwrap();
+        assert_eq!(json["error"]["code"], "consistency_timeout");
+        assert_eq!(json["error"]["min_position"], 9);
+        assert_eq!(json["error"]["position"], 4);
+        let error = ApiError::from(ReadSideError::Storage("disk I/O error in /x".into()));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.message().contains("disk"));
+        let error = ApiError::from(ReadSideError::Storage(READ_SIDE_SHUT_DOWN.into()));
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
 
         let response = ApiError::from(StoreError::Unavailable("locked".into())).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -584,6 +584,120 @@ impl FromRequestParts<AppState> for ParkedQuery {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// Read side: projections and named queries
+// ---------------------------------------------------------------------------------
+
+/// The longest `wait_ms` of a named query, in milliseconds.
+pub const MAX_QUERY_WAIT_MS: u64 = 60_000;
+/// The query parameters that control consistency, not the query.
+pub const MIN_POSITION_PARAM: &str = "min_position";
+pub const WAIT_MS_PARAM: &str = "wait_ms";
+
+/// The `{name}` path segment of a projection or a query, percent-decoded. Names are
+/// not checked here: a name that cannot exist is simply not found (404).
+#[derive(Debug, Clone)]
+pub struct NamePath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::invalid_request(format!("invalid name in the path: {rejection}"))
+                    .with("parameter", "name")
+            })?;
+        Ok(NamePath(raw))
+    }
+}
+
+/// `GET /v1/queries/{name}?<params>&min_position=&wait_ms=`: the query's own
+/// parameters (checked by the read side against the query's declaration) and the
+/// consistency controls. Every parameter may be given once; `min_position` and
+/// `wait_ms` when empty count as absent, the query's own parameters are passed as
+/// given (an empty text is a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedQueryParams {
+    pub params: std::collections::HashMap<String, String>,
+    /// Answer only once the rows reflect this log position.
+    pub min_position: Option<Position>,
+    /// How long to wait for `min_position` (0: check once).
+    pub wait: std::time::Duration,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for NamedQueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::parse(query_of(parts))
+    }
+}
+
+impl NamedQueryParams {
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut params = std::collections::HashMap::new();
+        let mut min_position = None;
+        let mut wait_ms = None;
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if name.is_empty() {
+                continue;
+            }
+            let given_twice = params.contains_key(name.as_ref())
+                || (name == MIN_POSITION_PARAM && min_position.is_some())
+                || (name == WAIT_MS_PARAM && wait_ms.is_some());
+            if given_twice {
+                return Err(invalid_parameter(
+                    &name,
+                    format!("query parameter `{name}` is given more than once"),
+                ));
+            }
+            match name.as_ref() {
+                MIN_POSITION_PARAM => min_position = Some(value.into_owned()),
+                WAIT_MS_PARAM => wait_ms = Some(value.into_owned()),
+                _ => {
+                    params.insert(name.into_owned(), value.into_owned());
+                }
+            }
+        }
+        let number = |name: &str, value: Option<String>| -> Result<Option<u64>, ApiError> {
+            let Some(value) = value.filter(|value| !value.is_empty()) else {
+                return Ok(None);
+            };
+            if !value.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(invalid_parameter(
+                    name,
+                    format!(
+                        "query parameter `{name}` must be a non-negative integer, not {value:?}"
+                    ),
+                ));
+            }
+            value.parse().map(Some).map_err(|_| {
+                invalid_parameter(
+                    name,
+                    format!("query parameter `{name}` is too large: {value}"),
+                )
+            })
+        };
+        let min_position = number(MIN_POSITION_PARAM, min_position)?;
+        let wait_ms = number(WAIT_MS_PARAM, wait_ms)?.unwrap_or(0);
+        if wait_ms > MAX_QUERY_WAIT_MS {
+            return Err(invalid_parameter(
+                WAIT_MS_PARAM,
+                format!(
+                    "query parameter `wait_ms` must be between 0 and {MAX_QUERY_WAIT_MS}, not {wait_ms}"
+                ),
+            ));
+        }
+        Ok(Self {
+            params,
+            min_position,
+            wait: std::time::Duration::from_millis(wait_ms),
+        })
+    }
+}
+
 /// `DELETE /v1/streams/{stream}?expected_version=`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteStreamQuery {
@@ -660,6 +774,34 @@ mod tests {
         assert!(params.limit("limit", 100, 1000).is_err());
         let params = QueryParams::parse(Some("from=99999999999999999999999"), &["from"]).unwrap();
         assert!(params.u64("from").is_err());
+    }
+
+    #[test]
+    fn named_query_parameters_split_from_the_consistency_controls() {
+        let parsed =
+            NamedQueryParams::parse(Some("customer=c%2042&limit=&min_position=7&wait_ms=250"))
+                .unwrap();
+        assert_eq!(parsed.params["customer"], "c 42");
+        assert_eq!(parsed.params["limit"], "", "an empty value is passed on");
+        assert_eq!(parsed.min_position, Some(7));
+        assert_eq!(parsed.wait, std::time::Duration::from_millis(250));
+        let none = NamedQueryParams::parse(None).unwrap();
+        assert!(none.params.is_empty() && none.min_position.is_none() && none.wait.is_zero());
+        let empty = NamedQueryParams::parse(Some("min_position=&wait_ms=")).unwrap();
+        assert_eq!((empty.min_position, empty.wait.is_zero()), (None, true));
+        for (bad, parameter) in [
+            ("a=1&a=2", "a"),
+            ("min_position=1&min_position=2", "min_position"),
+            ("min_position=-1", "min_position"),
+            ("min_position=99999999999999999999999", "min_position"),
+            ("wait_ms=60001", "wait_ms"),
+            ("wait_ms=1s", "wait_ms"),
+        ] {
+            let error = NamedQueryParams::parse(Some(bad)).unwrap_err();
+            assert_eq!(error.code(), cairn_api::ErrorCode::InvalidRequest, "{bad}");
+            let body = serde_json::to_value(error.body()).unwrap();
+            assert_eq!(body["error"]["parameter"], parameter, "{bad}");
+        }
     }
 
     #[test]

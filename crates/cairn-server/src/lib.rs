@@ -1,5 +1,6 @@
 //! Cairn's HTTP server: the v1 API (streams, the global log, SSE subscriptions,
-//! consumer groups), health, metrics and the OpenAPI document.
+//! consumer groups, the read side's projections and named queries), health, metrics
+//! and the OpenAPI document.
 //!
 //! **Architecture invariants:** handlers are thin (decode a `cairn-api` type, call the
 //! store, encode the answer); one function maps error codes to statuses; a bad request
@@ -11,17 +12,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_projection::ReadSide;
 use cairn_store::groups::ConsumerGroups;
 use cairn_store::{SharedStore, StoreError};
 
 mod append;
+pub mod auth;
 mod encode;
 pub mod error;
 pub mod extract;
 mod groups;
+pub mod limits;
+mod listen;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+mod read_side;
 pub mod routes;
 pub mod sse;
 
@@ -69,6 +75,13 @@ pub struct AppState {
     pub subscriptions: Arc<Subscriptions>,
     /// Serialises creating and deleting groups, so that `PUT` can tell 201 from 200.
     pub(crate) group_admin: Arc<tokio::sync::Mutex<()>>,
+    /// The read side (projections and named queries), when any is configured; without
+    /// one, `/v1/projections` lists none and every projection or query is 404.
+    pub read_side: Option<Arc<ReadSide>>,
+    /// API tokens (none: authentication off); replaceable while serving.
+    pub auth: Arc<auth::Auth>,
+    /// Concurrency, rate and subscription limits.
+    pub guard: Arc<limits::Guard>,
 }
 
 impl AppState {
@@ -87,7 +100,28 @@ impl AppState {
             request_timeout,
             subscriptions: Arc::new(Subscriptions::new(SubscriptionOptions::default())),
             group_admin: Arc::new(tokio::sync::Mutex::new(())),
+            read_side: None,
+            auth: Arc::new(auth::Auth::default()),
+            guard: Arc::new(limits::Guard::default()),
         })
+    }
+
+    /// The same state serving this read side's projections and queries (before serving).
+    pub fn with_read_side(mut self, read_side: Arc<ReadSide>) -> Self {
+        self.read_side = Some(read_side);
+        self
+    }
+
+    /// The same state checking these API tokens (before serving).
+    pub fn with_auth(mut self, auth: Arc<auth::Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The same state with these request limits (before serving).
+    pub fn with_request_limits(mut self, limits: limits::RequestLimits) -> Self {
+        self.guard = Arc::new(limits::Guard::new(limits));
+        self
     }
 
     /// The same state with other subscription options (before serving).
@@ -106,22 +140,23 @@ pub fn app(state: AppState) -> axum::Router {
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then ends the live
 /// subscriptions (they would never finish by themselves) and drains in-flight requests.
+/// A client that takes longer than the limits' `header_read_timeout` to send a request
+/// head is disconnected.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(target: "cairn::http", %error, "could not set TCP_NODELAY");
-        }
-    });
     let subscriptions = Arc::clone(&state.subscriptions);
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
+    let header_read_timeout = state.guard.limits().header_read_timeout;
+    listen::accept_loop(
+        listener,
+        app(state),
+        header_read_timeout,
+        shutdown,
+        move || {
             subscriptions.close_all();
-        })
-        .await
+        },
+    )
+    .await
 }

@@ -67,10 +67,15 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 /// Every histogram renders as a Prometheus histogram (not a summary): latency buckets
-/// by default, and their own buckets for batch sizes and commit latencies.
+/// by default, and their own buckets for batch sizes, commit latencies and the read
+/// side's query and apply durations.
 fn builder() -> PrometheusBuilder {
     let with_buckets = || -> Result<PrometheusBuilder, BuildError> {
-        PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in cairn_projection::metrics::HISTOGRAMS {
+            builder = builder.set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)?;
+        }
+        builder
             .set_buckets(LATENCY_BUCKETS)?
             .set_buckets_for_metric(
                 Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()),
@@ -130,6 +135,61 @@ fn describe() {
         cairn_store::metrics::GROUP_PARKED,
         "Events parked after their last delivery, by group."
     );
+    describe_read_side();
+}
+
+fn describe_read_side() {
+    use cairn_projection::metrics as read_side;
+    metrics::describe_counter!(
+        read_side::QUERY_CACHE_HITS,
+        "Named-query results served from the cache, by query."
+    );
+    metrics::describe_counter!(
+        read_side::QUERY_CACHE_MISSES,
+        "Named-query results computed (not cached, or no longer valid), by query."
+    );
+    metrics::describe_histogram!(
+        read_side::QUERY_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a named query, cache hits included and waits for min_position excluded, by query."
+    );
+    metrics::describe_gauge!(
+        read_side::PROJECTION_POSITION,
+        "The last log position a projection's read model reflects, by projection."
+    );
+    metrics::describe_gauge!(
+        read_side::PROJECTION_LAG,
+        "Log positions between the head and a projection's position, by projection."
+    );
+    metrics::describe_histogram!(
+        read_side::PROJECTION_APPLY_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to apply and commit one batch of events, by projection."
+    );
+    metrics::describe_counter!(
+        read_side::PROJECTION_FAILURES,
+        "Times a projection stopped on a failing statement or a read-model storage failure, by projection."
+    );
+    metrics::describe_gauge!(
+        PROJECTION_FAILED,
+        "1 while a projection is failed (stopped at a failing event), else 0, by projection."
+    );
+}
+
+/// Gauge `{projection}`: 1 while the projection is failed, else 0.
+pub const PROJECTION_FAILED: &str = "cairn_projection_failed";
+
+/// Sets the read side's gauges from the projections' statuses: lag moves with the head
+/// even when a projection does not (a failed one, say).
+pub fn record_projections(statuses: &[cairn_projection::ProjectionStatus]) {
+    use cairn_projection::metrics as read_side;
+    for status in statuses {
+        let labels = [("projection", status.name.clone())];
+        metrics::gauge!(read_side::PROJECTION_POSITION, &labels).set(status.position as f64);
+        metrics::gauge!(read_side::PROJECTION_LAG, &labels).set(status.lag as f64);
+        let failed = status.state == cairn_projection::ProjectionState::Failed;
+        metrics::gauge!(PROJECTION_FAILED, &labels).set(if failed { 1.0 } else { 0.0 });
+    }
 }
 
 /// The prometheus text of every metric recorded so far.
@@ -187,6 +247,7 @@ fn status_label(status: http::StatusCode) -> Cow<'static, str> {
         422 => "422",
         500 => "500",
         503 => "503",
+        504 => "504",
         other => return Cow::Owned(other.to_string()),
     })
 }

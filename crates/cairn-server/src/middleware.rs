@@ -7,13 +7,17 @@
 //! (reading and checking the body, say) a slow request is cut off with 503, and nothing
 //! was written. Otherwise a client told 503 could retry an append that was committed
 //! after all, and append it twice.
+//!
+//! A handler that waits on purpose (a query's `wait_ms` for `min_position`) adds that
+//! wait to its time limit with [`WaitAllowance::allow`], so the limit never cuts a wait
+//! the client asked for short; the work around the wait stays limited as usual.
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -61,9 +65,44 @@ impl<S: Send + Sync> FromRequestParts<S> for Commitment {
     }
 }
 
+/// Time a request's handler may spend waiting on purpose (a query waiting for
+/// `min_position`), added to the request time limit. Shared by the middleware and the
+/// handler through the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct WaitAllowance(Arc<AtomicU64>);
+
+impl WaitAllowance {
+    /// Lets the request run `wait` longer than the time limit. Call it before waiting;
+    /// calls do not add up, the longest wins.
+    pub fn allow(&self, wait: Duration) {
+        let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_max(millis, Ordering::AcqRel);
+    }
+
+    pub fn allowed(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Acquire))
+    }
+
+    /// The request's allowance (a detached one when the middleware is not in place).
+    pub fn of(parts: &http::request::Parts) -> Self {
+        parts.extensions.get::<Self>().cloned().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WaitAllowance {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts))
+    }
+}
+
 /// Times the request, answers 503 `unavailable` when it outlives
 /// `state.request_timeout` (zero means no limit) before its handler committed work to
-/// the store, records the request metrics and logs one line: method, route template,
+/// the store (plus the [`WaitAllowance`] its handler took), records the request metrics and logs one line: method, route template,
 /// status, latency and, given a `traceparent`, the trace id.
 ///
 /// The handler runs inside this task's future, so the check of the commitment after
@@ -81,28 +120,41 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         method = method.as_str(),
         route = route.as_ref(),
         trace_id = trace_id.as_deref(),
+        token = tracing::field::Empty,
     );
     let timeout = state.request_timeout;
     let commitment = Commitment::default();
+    let allowance = WaitAllowance::default();
     request.extensions_mut().insert(commitment.clone());
+    request.extensions_mut().insert(allowance.clone());
     let response = async move {
         if timeout.is_zero() {
             return next.run(request).await;
         }
         let mut handler = std::pin::pin!(next.run(request));
-        match tokio::time::timeout(timeout, handler.as_mut()).await {
-            Ok(response) => response,
-            Err(_) if commitment.is_committed() => {
-                tracing::debug!(
-                    target: "cairn::http",
-                    ?timeout,
-                    "request over its time limit, but its work is with the store: waiting for the answer"
-                );
-                handler.await
-            }
-            Err(_) => {
-                tracing::warn!(target: "cairn::http", ?timeout, "request timed out");
-                ApiError::request_timeout().into_response()
+        let mut deadline = tokio::time::Instant::from_std(started) + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, handler.as_mut()).await {
+                Ok(response) => break response,
+                Err(_) if commitment.is_committed() => {
+                    tracing::debug!(
+                        target: "cairn::http",
+                        ?timeout,
+                        "request over its time limit, but its work is with the store: waiting for the answer"
+                    );
+                    break handler.await;
+                }
+                Err(_) => {
+                    // The handler may have been allowed a wait since the timer was set.
+                    let extended =
+                        tokio::time::Instant::from_std(started) + timeout + allowance.allowed();
+                    if extended > deadline {
+                        deadline = extended;
+                        continue;
+                    }
+                    tracing::warn!(target: "cairn::http", ?timeout, "request timed out");
+                    break ApiError::request_timeout().into_response();
+                }
             }
         }
     }
@@ -110,6 +162,10 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     .await;
     let elapsed = started.elapsed();
     let status = response.status();
+    let token = response
+        .extensions()
+        .get::<crate::auth::TokenName>()
+        .map(|name| name.0.as_str());
     tracing::info!(
         target: "cairn::http",
         method = method.as_str(),
@@ -117,6 +173,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         status = status.as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         trace_id = trace_id.as_deref(),
+        token,
         "request"
     );
     record_request(&method, route, status, elapsed);

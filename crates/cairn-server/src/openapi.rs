@@ -9,17 +9,18 @@ use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, SchemaType};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
 
 use crate::Limits;
+use crate::extract::MAX_QUERY_WAIT_MS;
 use crate::groups::{
     MAX_ACK_TIMEOUT_MS, MAX_CLAIM, MAX_CLAIM_WAIT_MS, MAX_CONSUMER_LEN, MAX_DELIVERIES,
     MAX_POSITIONS, MAX_RETRY_AFTER_MS,
 };
-use crate::routes::{events, groups, ops, streams, subscribe};
+use crate::routes::{events, groups, ops, projections, queries, streams, subscribe};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Cairn",
-        description = "Cairn's HTTP API v1: append-only event streams with optimistic concurrency and a gapless global log, live subscriptions (Server-Sent Events) and consumer groups.\n\nErrors always look like `{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", …details}}`. An unknown path answers 404 `not_found`; a known path with another method answers 405 `method_not_allowed`.",
+        description = "Cairn's HTTP API v1: append-only event streams with optimistic concurrency and a gapless global log, live subscriptions (Server-Sent Events), consumer groups, and the CQRS read side: SQL projections configured in the server's settings file and named queries over their read models, with read-your-writes through `min_position`.\n\nErrors always look like `{\"error\": {\"code\": \"snake_case_code\", \"message\": \"…\", …details}}`. An unknown path answers 404 `not_found`; a known path with another method answers 405 `method_not_allowed`.",
     ),
     paths(
         streams::append_to_stream,
@@ -39,6 +40,11 @@ use crate::routes::{events, groups, ops, streams, subscribe};
         groups::nack,
         groups::list_parked,
         groups::replay_parked,
+        projections::list_projections,
+        projections::get_projection,
+        projections::restart_projection,
+        projections::rebuild_projection,
+        queries::query,
         ops::live,
         ops::ready,
         ops::metrics,
@@ -79,12 +85,18 @@ use crate::routes::{events, groups, ops, streams, subscribe};
         cairn_api::ParkedList,
         cairn_api::ReplayParkedRequest,
         cairn_api::ReplayParkedResponse,
+        cairn_api::ProjectionState,
+        cairn_api::ProjectionFailure,
+        cairn_api::ProjectionStatus,
+        cairn_api::ProjectionList,
+        cairn_api::QueryResponse,
         ReadDirection,
     )),
     tags(
         (name = "streams", description = "Append to and read single streams."),
         (name = "events", description = "Multi-stream appends, the global log and live subscriptions."),
         (name = "groups", description = "Consumer groups: competing consumers with at-least-once delivery, acks, retries and parking."),
+        (name = "read side", description = "Projections (SQL read models kept up to date from the log) and named queries over them."),
         (name = "operations", description = "Health, metrics and this document."),
     )
 )]
@@ -152,7 +164,8 @@ pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
         .into_iter()
         .flatten()
         {
-            set_limit_maximum(operation, limits.max_read_limit);
+            set_parameter_maximum(operation, "limit", limits.max_read_limit as u64);
+            set_parameter_maximum(operation, "wait_ms", MAX_QUERY_WAIT_MS);
         }
     }
     let Some(components) = document.components.as_mut() else {
@@ -316,10 +329,10 @@ pub fn document_json(limits: &Limits) -> Vec<u8> {
     serde_json::to_vec(&document(limits)).unwrap_or_else(|_| b"{}".to_vec())
 }
 
-fn set_limit_maximum(operation: &mut Operation, max: usize) {
+fn set_parameter_maximum(operation: &mut Operation, name: &str, max: u64) {
     for parameter in operation.parameters.iter_mut().flatten() {
         if let RefOr::T(parameter) = parameter
-            && parameter.name == "limit"
+            && parameter.name == name
             && let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
         {
             schema.maximum = Some(max.into());

@@ -16,16 +16,23 @@ Examples:
   cairn streams --prefix order-
   cairn tail --category order
   cairn groups create billing --category order --ack-timeout 30s
+  cairn projections list
+  cairn query orders_by_customer customer=c-42 limit=10
   cairn bench append-batch --clients 8 --duration 30s";
 
 const SERVE_EXAMPLES: &str = "\
 Settings come from flags, then CAIRN_* environment variables, then the --config file,
 then the defaults, in that order of precedence. See cairn.example.toml for every key.
 
+Projections and named queries (the CQRS read side) are `[[projections]]` and
+`[[queries]]` tables in the --config file only; they are checked before the server
+listens, and their read models live in readmodels.db beside events.db in --data-dir.
+
 Examples:
   cairn serve
   cairn serve --listen 0.0.0.0:7171 --data-dir /var/lib/cairn --log-format json
   CAIRN_REQUEST_TIMEOUT=10s cairn serve --config /etc/cairn/cairn.toml
+  cairn serve --config examples/shop/cairn.toml --data-dir /tmp/shop
   cairn serve --config cairn.toml --print-config";
 
 const APPEND_EXAMPLES: &str = "\
@@ -91,6 +98,32 @@ Examples:
 On an existing group this replaces its settings (flags left out take their defaults)
 and keeps its checkpoint; --from only applies when the group is created.";
 
+const PROJECTIONS_EXAMPLES: &str = "\
+Examples:
+  cairn projections list
+  cairn projections status orders
+  cairn projections restart orders
+  cairn projections rebuild orders --wait
+
+Projections are configured as [[projections]] in the server's settings file. A failed
+projection has stopped at the event whose statement failed (status shows its position,
+type and the database's message): `restart` retries that event (fix its cause first),
+`rebuild` drops the read model (teardown, setup) and replays the whole log. Output is
+readable text on a terminal and JSON otherwise.";
+
+const QUERY_EXAMPLES: &str = "\
+Examples:
+  cairn query orders_by_customer customer=c-42
+  cairn query orders_by_customer customer=c-42 limit=10 --format json
+  cairn query order id=o-17 --min-position 1234 --wait 2s
+  cairn query top_customers | jq '.rows[].id'
+
+Parameters are NAME=VALUE pairs, typed and checked by the server as the query declares
+them. --min-position answers only once the read model reflects that log position (an
+append's last_position: read-your-writes), waiting up to --wait for it (without --wait it
+is checked once); otherwise the query fails with consistency_timeout. On a terminal the
+rows are a table; otherwise one JSON object: {\"rows\": [...], \"position\": N}.";
+
 const BENCH_EXAMPLES: &str = "\
 Without --url an embedded server is started on a temporary data directory and an
 ephemeral port, and removed afterwards.
@@ -103,13 +136,27 @@ Scenarios:
                 log; latency is from the append being sent to the event's delivery
   group         pre-appends --events events, then --workers consumer-group workers claim
                 (--batch-size at a time) and ack at once; latency is the claim's
+  query         pre-appends --events events that the bench projection upserts into
+                --keys rows, reports how fast the projection caught up, then --clients
+                query one row by a random key; the embedded server's query cache is off
+                unless --cached, which asks for a few keys only, so the cache serves them
+  e2e --query   appends at --rate and asks the bench query for each event with
+                min_position: latency is from the append being sent to the event being
+                visible in the query's answer
+
+The query scenarios need the bench's projection and query: the embedded server is
+started with them; a server given by --url must have them in its settings file
+(`cairn bench query --print-read-side` prints them as TOML).
 
 Examples:
   cairn bench
   cairn bench append-batch --batch-size 500 --clients 4 --duration 30s
   cairn bench read --url http://127.0.0.1:7171 --json > result.json
   cairn bench e2e --rate 5000 --subscribers 100 --duration 30s
-  cairn bench group --events 100000 --workers 8";
+  cairn bench group --events 100000 --workers 8
+  cairn bench query --events 100000 --keys 10000 --clients 16 --duration 10s
+  cairn bench query --cached --json
+  cairn bench e2e --query --rate 2000";
 
 /// Cairn: an event-sourcing and CQRS server in one binary.
 #[derive(Debug, Parser)]
@@ -139,9 +186,47 @@ pub enum Command {
     /// Manage consumer groups: list, status, create, delete, parked events.
     #[command(after_help = GROUPS_EXAMPLES)]
     Groups(GroupsArgs),
+    /// Inspect and operate the read side's projections: list, status, restart, rebuild.
+    #[command(after_help = PROJECTIONS_EXAMPLES)]
+    Projections(ProjectionsArgs),
+    /// Run a named query over the read models.
+    #[command(after_help = QUERY_EXAMPLES)]
+    Query(QueryArgs),
     /// Load-test a Cairn server and report throughput and latency percentiles.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Manage API tokens: create one (prints its secret and the block for cairn.toml).
+    #[command(after_help = TOKEN_EXAMPLES)]
+    Token(TokenArgs),
+}
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  cairn token create --name orders-service --scopes read,append --streams order-
+  cairn token create --name ops --scopes admin";
+
+/// `cairn token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token: prints `token: <secret>` and the [[auth.tokens]] block to paste
+    /// into cairn.toml (which holds only the secret's SHA-256).
+    Create {
+        /// The token's name, shown in logs.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Comma-separated scopes: read, append, admin (admin implies the others).
+        #[arg(long, value_name = "SCOPES", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// A stream-name prefix the token is limited to (repeatable); none: every stream.
+        #[arg(long = "streams", value_name = "PREFIX")]
+        streams: Vec<String>,
+    },
 }
 
 /// `cairn serve`. Every value is optional here: what is absent comes from the file or
@@ -184,6 +269,33 @@ pub struct ServeArgs {
     /// Deepest nesting of arrays and objects in a request body [default: 64].
     #[arg(long, env = "CAIRN_MAX_JSON_DEPTH", value_name = "N")]
     pub max_json_depth: Option<usize>,
+    /// Bytes of named-query results the read side may cache; 0 turns the cache off [default: 67108864].
+    #[arg(long, env = "CAIRN_QUERY_CACHE_BYTES", value_name = "BYTES")]
+    pub query_cache_bytes: Option<u64>,
+    /// Events a projection gathers into one transaction when it is behind (a page of the log or one commit is never split) [default: 2000].
+    #[arg(long, env = "CAIRN_PROJECTION_BATCH_SIZE", value_name = "N")]
+    pub projection_batch_size: Option<usize>,
+    /// Requests served at once (subscriptions and claims excepted); beyond, 503 [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Sustained requests per second per token (per IP without auth) [default: no limit].
+    #[arg(long, env = "CAIRN_RATE_LIMIT_PER_SECOND", value_name = "N")]
+    pub rate_limit_per_second: Option<f64>,
+    /// Requests a token may make at once above its rate [default: 1].
+    #[arg(long, env = "CAIRN_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
+    /// Live SSE subscriptions per token (per IP without auth); beyond, 429 [default: 100].
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS_PER_TOKEN", value_name = "N")]
+    pub max_subscriptions_per_token: Option<usize>,
+    /// Longest time a client may take to send a request's head, e.g. 10s; 0s for no limit [default: 10s].
+    #[arg(long, env = "CAIRN_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Serve /metrics without a token.
+    #[arg(long, env = "CAIRN_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Serve a non-loopback address without API tokens (anyone who can reach it can do anything).
+    #[arg(long, env = "CAIRN_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Print the effective settings as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -448,6 +560,99 @@ pub struct GroupReplayArgs {
     pub client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct ProjectionsArgs {
+    #[command(subcommand)]
+    pub command: ProjectionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// List every projection with its state, position, lag and rate.
+    List(ProjectionsListArgs),
+    /// Show one projection: state, position, head, lag, rate, last error.
+    Status(ProjectionNameArgs),
+    /// Resume a projection from its checkpoint (after a failure: retry the failing event).
+    Restart(ProjectionNameArgs),
+    /// Rebuild a projection's read model from the whole log (teardown, setup, replay).
+    Rebuild(ProjectionRebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsListArgs {
+    /// Output format [default: text on a terminal, json otherwise].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionNameArgs {
+    /// The projection's name, as configured.
+    pub name: String,
+    /// Output format [default: text on a terminal, json otherwise].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionRebuildArgs {
+    #[command(flatten)]
+    pub projection: ProjectionNameArgs,
+    /// Wait until the replay has caught up with the log as it was when the rebuild began.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// How a client command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Readable text (tables).
+    Text,
+    /// JSON.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The query's name, as configured ([[queries]] in the server's settings).
+    pub name: String,
+    /// The query's parameters, NAME=VALUE (e.g. customer=c-42 limit=10).
+    #[arg(value_name = "NAME=VALUE", value_parser = parse_query_param)]
+    pub params: Vec<(String, String)>,
+    /// Answer only once the rows reflect this log position (read-your-writes).
+    #[arg(long, value_name = "POSITION")]
+    pub min_position: Option<u64>,
+    /// How long the server may wait for --min-position, e.g. 500ms, 2s (at most 60s) [default: check once].
+    #[arg(long, value_name = "DURATION", requires = "min_position", value_parser = parse_query_wait)]
+    pub wait: Option<std::time::Duration>,
+    /// Output format [default: text on a terminal, json otherwise].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_query_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "{text:?} is not a parameter; write NAME=VALUE, e.g. customer=c-42"
+        )),
+    }
+}
+
+fn parse_query_wait(text: &str) -> Result<std::time::Duration, String> {
+    let wait = crate::settings::parse_duration(text)?;
+    if wait > std::time::Duration::from_secs(60) {
+        return Err("the wait can be at most 60s".into());
+    }
+    Ok(wait)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// One event per append request, each client on its own stream.
@@ -460,6 +665,8 @@ pub enum Scenario {
     E2e,
     /// --workers consumer-group workers claim and ack --events pre-appended events.
     Group,
+    /// Point queries by random key over a projection of --events pre-appended events.
+    Query,
 }
 
 impl Scenario {
@@ -470,6 +677,7 @@ impl Scenario {
             Scenario::Read => "read",
             Scenario::E2e => "e2e",
             Scenario::Group => "group",
+            Scenario::Query => "query",
         }
     }
 }
@@ -497,9 +705,22 @@ pub struct BenchArgs {
     /// e2e: SSE subscribers receiving every event.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub subscribers: u32,
-    /// group: events appended before the workers start.
+    /// group, query: events appended before the run starts.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
+    /// query: distinct keys (read-model rows) the pre-appended events are spread over.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=4_000_000_000))]
+    pub keys: u64,
+    /// query: ask for a few keys only, so that answers come from the query cache.
+    #[arg(long)]
+    pub cached: bool,
+    /// e2e: measure append-to-visible latency in the bench query (min_position) instead
+    /// of SSE delivery.
+    #[arg(long)]
+    pub query: bool,
+    /// Print the bench's projection and query as TOML (for a server's settings file) and exit.
+    #[arg(long)]
+    pub print_read_side: bool,
     /// group: consumer-group workers, each claiming and acking one batch at a time.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
@@ -542,5 +763,24 @@ mod tests {
         );
         assert!(parse_expected_version("-1").is_err());
         assert!(parse_expected_version("latest").is_err());
+    }
+
+    #[test]
+    fn query_parameters_are_name_value_pairs() {
+        assert_eq!(
+            parse_query_param("customer=c=42"),
+            Ok(("customer".into(), "c=42".into()))
+        );
+        assert_eq!(
+            parse_query_param("note="),
+            Ok(("note".into(), String::new()))
+        );
+        assert!(parse_query_param("customer").is_err());
+        assert!(parse_query_param("=x").is_err());
+        assert!(parse_query_wait("61s").is_err());
+        assert_eq!(
+            parse_query_wait("2s"),
+            Ok(std::time::Duration::from_secs(2))
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! Wiring: the embedded SQLite store behind `Arc<dyn EventStore>`, the server's state,
-//! a bound listener and `cairn_server::serve`, as one running server that `cairn serve`
-//! and `cairn bench` start and stop.
+//! Wiring: the embedded SQLite store behind `Arc<dyn EventStore>`, the read side
+//! (projections into `readmodels.db` beside `events.db`, named queries), the server's
+//! state, a bound listener and `cairn_server::serve`, as one running server that
+//! `cairn serve` and `cairn bench` start and stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_projection::{ProjectionConfig, QueryConfig, ReadSide, ReadSideOptions};
 use cairn_server::{AppState, Limits};
 use cairn_store::SharedStore;
 use cairn_store::sqlite::{SqliteOptions, SqliteStore};
@@ -23,6 +25,39 @@ pub struct ServerConfig {
     pub idempotency_window: Duration,
     pub request_timeout: Duration,
     pub limits: Limits,
+    pub read_side: ReadSideConfig,
+    /// API tokens (shared with whoever reloads them) and whether /metrics is public.
+    pub auth: Arc<cairn_server::auth::Auth>,
+    pub request_limits: cairn_server::limits::RequestLimits,
+}
+
+/// The read side to run: without projections and queries, none is started (no
+/// `readmodels.db`) and the server lists no projections.
+#[derive(Debug, Clone)]
+pub struct ReadSideConfig {
+    pub projections: Vec<ProjectionConfig>,
+    pub queries: Vec<QueryConfig>,
+    /// Bytes of query results the cache may hold; 0 turns it off.
+    pub cache_bytes: u64,
+    /// How many events a projection gathers into one transaction when it is behind.
+    pub batch_size: usize,
+}
+
+impl Default for ReadSideConfig {
+    fn default() -> Self {
+        Self {
+            projections: Vec::new(),
+            queries: Vec::new(),
+            cache_bytes: crate::settings::DEFAULT_QUERY_CACHE_BYTES,
+            batch_size: crate::settings::DEFAULT_PROJECTION_BATCH_SIZE,
+        }
+    }
+}
+
+impl ReadSideConfig {
+    pub fn is_empty(&self) -> bool {
+        self.projections.is_empty() && self.queries.is_empty()
+    }
 }
 
 /// A server serving on its own task.
@@ -32,6 +67,7 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
     store: SharedStore,
+    read_side: Option<Arc<ReadSide>>,
 }
 
 impl RunningServer {
@@ -46,7 +82,36 @@ impl RunningServer {
             .context("opening the store panicked")?
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
         let store: SharedStore = Arc::new(store);
-        let state = AppState::open(store.clone(), config.limits, config.request_timeout)
+        let read_side = if config.read_side.is_empty() {
+            None
+        } else {
+            let read_side = config.read_side;
+            let mut options = ReadSideOptions::new(config.data_dir.clone());
+            options.read_connections = config.read_connections;
+            options.cache_bytes = read_side.cache_bytes;
+            options.batch_size = read_side.batch_size;
+            let started = ReadSide::start(
+                store.clone(),
+                options,
+                read_side.projections,
+                read_side.queries,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the read side (projections and queries) in {}",
+                    config.data_dir.display()
+                )
+            });
+            match started {
+                Ok(read_side) => Some(read_side),
+                Err(error) => {
+                    close_store(store).await;
+                    return Err(error);
+                }
+            }
+        };
+        let mut state = AppState::open(store.clone(), config.limits, config.request_timeout)
             .await
             .with_context(|| {
                 format!(
@@ -54,6 +119,12 @@ impl RunningServer {
                     config.data_dir.display()
                 )
             })?;
+        if let Some(read_side) = &read_side {
+            state = state.with_read_side(Arc::clone(read_side));
+        }
+        state = state
+            .with_auth(config.auth)
+            .with_request_limits(config.request_limits);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -70,6 +141,7 @@ impl RunningServer {
             shutdown,
             task,
             store,
+            read_side,
         })
     }
 
@@ -78,8 +150,14 @@ impl RunningServer {
         format!("http://{}", self.local_addr)
     }
 
+    /// The read side, when projections or queries are configured.
+    pub fn read_side(&self) -> Option<&Arc<ReadSide>> {
+        self.read_side.as_ref()
+    }
+
     /// Stops accepting connections, lets in-flight requests finish for up to `grace`,
-    /// then closes the store (its writer finishes the batch in hand).
+    /// then stops the projections (each commits the batch in hand and its checkpoint)
+    /// and closes the store (its writer finishes the batch in hand).
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let mut task = self.task;
@@ -94,11 +172,7 @@ impl RunningServer {
                 Ok(())
             }
         };
-        // The store's drop joins its writer thread: keep that off the async workers.
-        let store = self.store;
-        tokio::task::spawn_blocking(move || drop(store))
-            .await
-            .context("closing the store panicked")?;
+        close(self.read_side, self.store).await;
         served.context("the server failed")
     }
 
@@ -112,14 +186,27 @@ impl RunningServer {
         tokio::select! {
             () = signal => self.stop(grace).await,
             joined = &mut self.task => {
-                let store = self.store;
-                tokio::task::spawn_blocking(move || drop(store))
-                    .await
-                    .context("closing the store panicked")?;
+                close(self.read_side, self.store).await;
                 joined
                     .context("the server task panicked")?
                     .context("the server failed")
             }
         }
+    }
+}
+
+/// Stops the read side's projections (each commits the batch in hand with its
+/// checkpoint), then closes the store.
+async fn close(read_side: Option<Arc<ReadSide>>, store: SharedStore) {
+    if let Some(read_side) = read_side {
+        read_side.shutdown().await;
+    }
+    close_store(store).await;
+}
+
+/// The store's drop joins its writer thread: keep that off the async workers.
+async fn close_store(store: SharedStore) {
+    if let Err(error) = tokio::task::spawn_blocking(move || drop(store)).await {
+        tracing::error!(%error, "closing the store panicked");
     }
 }

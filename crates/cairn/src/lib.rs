@@ -4,6 +4,7 @@
 //! **Architecture invariant:** this crate holds no domain logic: it parses, configures,
 //! wires and prints; everything else lives in the library crates.
 
+pub mod auth_settings;
 pub mod cli;
 pub mod commands;
 pub mod embedded;
@@ -52,7 +53,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Streams(args) => commands::streams::run(args).await,
         Command::Tail(args) => commands::tail::run(args).await,
         Command::Groups(args) => commands::groups::run(args).await,
+        Command::Projections(args) => commands::projections::run(args).await,
+        Command::Query(args) => commands::query::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
+        Command::Token(args) => commands::token::run(args).await,
     }
 }
 

@@ -2,12 +2,17 @@
 //! variables > the TOML file > defaults. Flags and variables arrive together through clap
 //! ([`ServeArgs`]); the file is read into [`RawSettings`] (unknown keys are errors); the
 //! merge is validated into [`Settings`].
+//!
+//! The read side's `[[projections]]` and `[[queries]]` come from the file only (they
+//! are SQL, not one-line values); they are checked as the read side will check them
+//! when the settings are resolved, so a mistake stops `cairn serve` before it listens.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_projection::{ProjectionConfig, QueryConfig};
 use cairn_server::Limits;
 use serde::Deserialize;
 
@@ -19,6 +24,9 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_IDEMPOTENCY_WINDOW: &str = "24h";
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_READ_CONNECTIONS: usize = 4;
+/// 64 MiB of cached query results.
+pub const DEFAULT_QUERY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_PROJECTION_BATCH_SIZE: usize = 2000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +56,9 @@ impl LogFormat {
     }
 }
 
-/// The settings file as written: every key optional, unknown keys refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The settings file as written: every key optional, unknown keys refused (inside
+/// `[[projections]]` and `[[queries]]` too).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
     pub listen: Option<String>,
@@ -63,6 +72,21 @@ pub struct RawSettings {
     pub max_events_per_request: Option<usize>,
     pub max_event_bytes: Option<usize>,
     pub max_json_depth: Option<usize>,
+    pub query_cache_bytes: Option<u64>,
+    pub projection_batch_size: Option<usize>,
+    /// File only.
+    pub projections: Option<Vec<ProjectionConfig>>,
+    /// File only.
+    pub queries: Option<Vec<QueryConfig>>,
+    pub max_concurrent_requests: Option<usize>,
+    pub rate_limit_per_second: Option<f64>,
+    pub rate_limit_burst: Option<u32>,
+    pub max_subscriptions_per_token: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub metrics_public: Option<bool>,
+    pub insecure_no_auth: Option<bool>,
+    /// File only: the API tokens.
+    pub auth: Option<crate::auth_settings::RawAuth>,
 }
 
 impl RawSettings {
@@ -79,7 +103,19 @@ impl RawSettings {
         "max_events_per_request",
         "max_event_bytes",
         "max_json_depth",
+        "query_cache_bytes",
+        "projection_batch_size",
+        "max_concurrent_requests",
+        "rate_limit_per_second",
+        "rate_limit_burst",
+        "max_subscriptions_per_token",
+        "header_read_timeout",
+        "metrics_public",
+        "insecure_no_auth",
     ];
+
+    /// The arrays of tables the file may hold (file only: no flag, no variable).
+    pub const TABLES: &'static [&'static str] = &["projections", "queries"];
 
     /// Reads a settings file; errors name the file and, for a bad key, the key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -106,6 +142,18 @@ impl RawSettings {
             max_events_per_request: args.max_events_per_request,
             max_event_bytes: args.max_event_bytes,
             max_json_depth: args.max_json_depth,
+            query_cache_bytes: args.query_cache_bytes,
+            projection_batch_size: args.projection_batch_size,
+            projections: None,
+            queries: None,
+            max_concurrent_requests: args.max_concurrent_requests,
+            rate_limit_per_second: args.rate_limit_per_second,
+            rate_limit_burst: args.rate_limit_burst,
+            max_subscriptions_per_token: args.max_subscriptions_per_token,
+            header_read_timeout: args.header_read_timeout.clone(),
+            metrics_public: args.metrics_public.then_some(true),
+            insecure_no_auth: args.insecure_no_auth.then_some(true),
+            auth: None,
         }
     }
 }
@@ -123,8 +171,25 @@ pub struct Settings {
     /// Zero: no limit.
     pub request_timeout: Duration,
     pub limits: Limits,
+    /// Bytes of query results the read side may cache; 0 turns the cache off.
+    pub query_cache_bytes: u64,
+    /// How many events a projection gathers into one transaction when it is behind
+    /// (one page of the log, or one live commit, is never split).
+    pub projection_batch_size: usize,
+    /// The read side's projections and queries, checked (names, placeholders,
+    /// parameters), from the file.
+    pub projections: Vec<ProjectionConfig>,
+    pub queries: Vec<QueryConfig>,
     /// The file the settings were read from, if any.
     pub config_file: Option<PathBuf>,
+    /// The API tokens (`[auth]`, file only); none: authentication off.
+    pub tokens: cairn_server::auth::Tokens,
+    /// Concurrency, rate and subscription limits.
+    pub request_limits: cairn_server::limits::RequestLimits,
+    /// `/metrics` without a token.
+    pub metrics_public: bool,
+    /// Serve a non-loopback address without tokens.
+    pub insecure_no_auth: bool,
 }
 
 /// Where a value came from, for error messages.
@@ -273,6 +338,78 @@ impl Settings {
             )?,
             ..defaults
         };
+        let query_cache_bytes = pick(&over.query_cache_bytes, &file.query_cache_bytes)
+            .map_or(DEFAULT_QUERY_CACHE_BYTES, |(value, _)| *value);
+        let projection_batch_size = positive(
+            &over.projection_batch_size,
+            &file.projection_batch_size,
+            "projection-batch-size",
+            "projection_batch_size",
+            DEFAULT_PROJECTION_BATCH_SIZE,
+        )?;
+        // File only: what the command line holds here is ignored by construction.
+        let projections = file.projections.clone().unwrap_or_default();
+        let queries = file.queries.clone().unwrap_or_default();
+        cairn_projection::validate(&projections, &queries).map_err(|error| {
+            let place =
+                file_path.map_or_else(String::new, |path| format!(" in {}", path.display()));
+            anyhow::anyhow!("invalid [[projections]] or [[queries]]{place}: {error}")
+        })?;
+        let defaults = cairn_server::limits::RequestLimits::default();
+        let header_read_timeout = match pick(&over.header_read_timeout, &file.header_read_timeout) {
+            Some((value, from_file)) => parse_duration(value).map_err(|error| {
+                anyhow::anyhow!(
+                    "invalid {}: {error}",
+                    origin("header-read-timeout", "header_read_timeout").describe(from_file)
+                )
+            })?,
+            None => defaults.header_read_timeout,
+        };
+        let rate_limit_per_second =
+            match pick(&over.rate_limit_per_second, &file.rate_limit_per_second) {
+                Some((value, from_file)) if !(value.is_finite() && *value > 0.0) => bail!(
+                    "invalid {}: it must be a number above 0",
+                    origin("rate-limit-per-second", "rate_limit_per_second").describe(from_file)
+                ),
+                Some((value, _)) => Some(*value),
+                None => defaults.rate_limit_per_second,
+            };
+        let rate_limit_burst = match pick(&over.rate_limit_burst, &file.rate_limit_burst) {
+            Some((0, from_file)) => bail!(
+                "invalid {}: it must be at least 1",
+                origin("rate-limit-burst", "rate_limit_burst").describe(from_file)
+            ),
+            Some((value, _)) => *value,
+            None => defaults.rate_limit_burst,
+        };
+        let request_limits = cairn_server::limits::RequestLimits {
+            max_concurrent_requests: positive(
+                &over.max_concurrent_requests,
+                &file.max_concurrent_requests,
+                "max-concurrent-requests",
+                "max_concurrent_requests",
+                defaults.max_concurrent_requests,
+            )?,
+            rate_limit_per_second,
+            rate_limit_burst,
+            max_subscriptions_per_token: positive(
+                &over.max_subscriptions_per_token,
+                &file.max_subscriptions_per_token,
+                "max-subscriptions-per-token",
+                "max_subscriptions_per_token",
+                defaults.max_subscriptions_per_token,
+            )?,
+            header_read_timeout,
+        };
+        let tokens = crate::auth_settings::tokens_from(file.auth.as_ref()).map_err(|error| {
+            let place =
+                file_path.map_or_else(String::new, |path| format!(" in {}", path.display()));
+            anyhow::anyhow!("invalid [auth]{place}: {error}")
+        })?;
+        let metrics_public =
+            pick(&over.metrics_public, &file.metrics_public).is_some_and(|(value, _)| *value);
+        let insecure_no_auth =
+            pick(&over.insecure_no_auth, &file.insecure_no_auth).is_some_and(|(value, _)| *value);
         Ok(Settings {
             listen,
             data_dir,
@@ -282,11 +419,20 @@ impl Settings {
             read_connections,
             request_timeout,
             limits,
+            query_cache_bytes,
+            projection_batch_size,
+            projections,
+            queries,
             config_file: file_path.map(Path::to_path_buf),
+            tokens,
+            request_limits,
+            metrics_public,
+            insecure_no_auth,
         })
     }
 
-    /// The effective settings as the keys of the settings file (`cairn serve --print-config`).
+    /// The effective settings as the keys of the settings file (`cairn serve --print-config`);
+    /// projections and queries by name.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "listen": self.listen.to_string(),
@@ -300,6 +446,18 @@ impl Settings {
             "max_events_per_request": self.limits.max_events_per_request,
             "max_event_bytes": self.limits.max_event_bytes,
             "max_json_depth": self.limits.max_json_depth,
+            "query_cache_bytes": self.query_cache_bytes,
+            "projection_batch_size": self.projection_batch_size,
+            "projections": self.projections.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            "queries": self.queries.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+            "max_concurrent_requests": self.request_limits.max_concurrent_requests,
+            "rate_limit_per_second": self.request_limits.rate_limit_per_second,
+            "rate_limit_burst": self.request_limits.rate_limit_burst,
+            "max_subscriptions_per_token": self.request_limits.max_subscriptions_per_token,
+            "header_read_timeout": format_duration(self.request_limits.header_read_timeout),
+            "metrics_public": self.metrics_public,
+            "insecure_no_auth": self.insecure_no_auth,
+            "tokens": self.tokens.len(),
         })
     }
 }

@@ -13,6 +13,7 @@ use cairn_client::{
 use serde_json::json;
 
 mod groups;
+mod read_side;
 mod subscribe;
 
 /// A Cairn server serving on 127.0.0.1:<ephemeral> until dropped.
@@ -644,6 +645,7 @@ fn the_client_depends_on_neither_storage_nor_server() {
         "libsqlite3-sys",
         "cairn-store",
         "cairn-server",
+        "cairn-projection",
         "cairn-core",
         "tokio-postgres",
         "axum",

@@ -39,10 +39,12 @@ use crate::openapi::ServerErrors;
 pub async fn append_to_streams(
     State(state): State<AppState>,
     write: WriteContext,
+    caller: crate::auth::Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, write.content_length, state.limits.max_body_bytes).await?;
     let request: MultiAppendRequest = decode_json(&bytes, &state.limits)?;
+    caller.check_streams(request.events.iter().map(|event| event.stream.as_str()))?;
     let append_request =
         append::multi_stream_append(&request, write.traceparent.as_deref(), &state.limits)?;
     drop(request);

@@ -11,6 +11,8 @@ use crate::middleware;
 pub mod events;
 pub mod groups;
 pub mod ops;
+pub mod projections;
+pub mod queries;
 pub mod streams;
 pub mod subscribe;
 
@@ -26,13 +28,18 @@ pub const GROUP_ACK: &str = "/v1/groups/{group}/ack";
 pub const GROUP_NACK: &str = "/v1/groups/{group}/nack";
 pub const GROUP_PARKED: &str = "/v1/groups/{group}/parked";
 pub const GROUP_PARKED_REPLAY: &str = "/v1/groups/{group}/parked/replay";
+pub const PROJECTIONS: &str = "/v1/projections";
+pub const PROJECTION: &str = "/v1/projections/{name}";
+pub const PROJECTION_RESTART: &str = "/v1/projections/{name}/restart";
+pub const PROJECTION_REBUILD: &str = "/v1/projections/{name}/rebuild";
+pub const QUERY: &str = "/v1/queries/{name}";
 pub const HEALTH_LIVE: &str = "/health/live";
 pub const HEALTH_READY: &str = "/health/ready";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 
 /// Every route template, as used for the `route` metric label.
-pub const ROUTES: [&str; 16] = [
+pub const ROUTES: [&str; 21] = [
     STREAM_EVENTS,
     STREAM,
     STREAMS,
@@ -45,6 +52,11 @@ pub const ROUTES: [&str; 16] = [
     GROUP_NACK,
     GROUP_PARKED,
     GROUP_PARKED_REPLAY,
+    PROJECTIONS,
+    PROJECTION,
+    PROJECTION_RESTART,
+    PROJECTION_REBUILD,
+    QUERY,
     HEALTH_LIVE,
     HEALTH_READY,
     METRICS,
@@ -82,6 +94,11 @@ pub fn router(state: AppState) -> Router {
         .route(GROUP_NACK, post(groups::nack))
         .route(GROUP_PARKED, get(groups::list_parked))
         .route(GROUP_PARKED_REPLAY, post(groups::replay_parked))
+        .route(PROJECTIONS, get(projections::list_projections))
+        .route(PROJECTION, get(projections::get_projection))
+        .route(PROJECTION_RESTART, post(projections::restart_projection))
+        .route(PROJECTION_REBUILD, post(projections::rebuild_projection))
+        .route(QUERY, get(queries::query))
         .route(HEALTH_LIVE, get(ops::live))
         .route(HEALTH_READY, get(ops::ready))
         .route(METRICS, get(ops::metrics))
@@ -89,6 +106,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::observe,

@@ -76,6 +76,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             tracing::debug!(target: "cairn::http", group = name, %error, "no lag for this group");
         }
     }
+    if let Some(read_side) = &state.read_side {
+        crate::metrics::record_projections(&read_side.projections().await);
+    }
     let text = tokio::task::spawn_blocking(crate::metrics::render)
         .await
         .unwrap_or_default();

@@ -2,11 +2,13 @@
 //! real embedded store in a temporary directory.
 
 mod append;
+mod auth;
 mod groups;
 mod malformed;
 mod ops;
 mod props;
 mod read;
+mod read_side;
 mod subscribe;
 mod timeouts;
 
@@ -52,6 +54,39 @@ impl Server {
     pub async fn with(limits: Limits, request_timeout: Duration) -> Self {
         let (store, dir) = temporary_store();
         Self::on(store, dir, limits, request_timeout).await
+    }
+
+    /// A server whose read side runs the `[[projections]]` and `[[queries]]` of
+    /// `config` (TOML) on `readmodels.db` beside the store.
+    pub async fn with_read_side(config: &str, request_timeout: Duration) -> Self {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ReadSideConfig {
+            #[serde(default)]
+            projections: Vec<cairn_projection::ProjectionConfig>,
+            #[serde(default)]
+            queries: Vec<cairn_projection::QueryConfig>,
+        }
+        let config: ReadSideConfig = toml::from_str(config).expect("the test config parses");
+        let (store, dir) = temporary_store();
+        let read_side = cairn_projection::ReadSide::start(
+            store.clone(),
+            cairn_projection::ReadSideOptions::new(dir.path()),
+            config.projections,
+            config.queries,
+        )
+        .await
+        .expect("the read side starts");
+        let state = AppState::open(store.clone(), Limits::default(), request_timeout)
+            .await
+            .expect("the state opens")
+            .with_read_side(read_side);
+        Self {
+            app: app(state.clone()),
+            state,
+            store,
+            _dir: dir,
+        }
     }
 
     /// A server on `store` (kept in `dir`), which a test may wrap.

@@ -84,7 +84,7 @@ async fn metrics_are_labelled_by_route_template() {
     );
 }
 
-const DOCUMENTED: [(&str, &str); 21] = [
+const DOCUMENTED: [(&str, &str); 26] = [
     ("/v1/streams/{stream}/events", "post"),
     ("/v1/streams/{stream}/events", "get"),
     ("/v1/streams/{stream}", "get"),
@@ -102,6 +102,11 @@ const DOCUMENTED: [(&str, &str); 21] = [
     ("/v1/groups/{group}/nack", "post"),
     ("/v1/groups/{group}/parked", "get"),
     ("/v1/groups/{group}/parked/replay", "post"),
+    ("/v1/projections", "get"),
+    ("/v1/projections/{name}", "get"),
+    ("/v1/projections/{name}/restart", "post"),
+    ("/v1/projections/{name}/rebuild", "post"),
+    ("/v1/queries/{name}", "get"),
     ("/health/live", "get"),
     ("/health/ready", "get"),
     ("/metrics", "get"),

@@ -3,10 +3,13 @@
 pub mod append;
 pub mod bench;
 pub mod groups;
+pub mod projections;
+pub mod query;
 pub mod read;
 pub mod serve;
 pub mod streams;
 pub mod tail;
+pub mod token;
 
 use std::io::{BufWriter, Stdout, Write};
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
-use crate::embedded::{RunningServer, ServerConfig};
+use crate::embedded::{ReadSideConfig, RunningServer, ServerConfig};
 use crate::settings::Settings;
 
 /// Extra time given to in-flight requests after a shutdown signal, beyond the request
@@ -18,19 +18,41 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&settings.to_json())?);
         return Ok(());
     }
+    check_exposure(&settings)?;
     crate::logging::init(settings.log_format, &settings.log_level)?;
+    if settings.tokens.is_empty() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "--insecure-no-auth: serving a non-loopback address without API tokens; anyone who can reach it can read, write and delete"
+        );
+    }
+    let auth = std::sync::Arc::new(cairn_server::auth::Auth::new(
+        settings.tokens.clone(),
+        settings.metrics_public,
+    ));
     let server = RunningServer::start(ServerConfig {
+        auth: std::sync::Arc::clone(&auth),
+        request_limits: settings.request_limits.clone(),
         listen: settings.listen,
         data_dir: settings.data_dir.clone(),
         read_connections: settings.read_connections,
         idempotency_window: settings.idempotency_window,
         request_timeout: settings.request_timeout,
         limits: settings.limits.clone(),
+        read_side: ReadSideConfig {
+            projections: settings.projections.clone(),
+            queries: settings.queries.clone(),
+            cache_bytes: settings.query_cache_bytes,
+            batch_size: settings.projection_batch_size,
+        },
     })
     .await?;
     tracing::info!(
         listen = %server.local_addr,
         data_dir = %settings.data_dir.display(),
+        projections = settings.projections.len(),
+        queries = settings.queries.len(),
+        tokens = settings.tokens.len(),
         config = settings.config_file.as_ref().map(|path| path.display().to_string()),
         version = env!("CARGO_PKG_VERSION"),
         "cairn is listening"
@@ -42,6 +64,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         settings.request_timeout + SHUTDOWN_SLACK
     };
+    let reloader = tokio::spawn(crate::commands::token::reload_on_hangup(
+        settings.config_file.clone(),
+        auth,
+    ));
     let first_signal = tokio_util::sync::CancellationToken::new();
     let first = first_signal.clone();
     let draining = server.serve_until(
@@ -62,7 +88,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("stopped by a second signal before in-flight requests finished");
         }
     }
+    reloader.abort();
     tracing::info!("cairn stopped");
+    Ok(())
+}
+
+/// Without API tokens, only a loopback address is served, unless --insecure-no-auth.
+fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
+    if settings.tokens.is_empty()
+        && !settings.listen.ip().is_loopback()
+        && !settings.insecure_no_auth
+    {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: anyone who can reach it could read, \
+             write and delete. Configure tokens ([[auth.tokens]], see `cairn token create`), \
+             listen on a loopback address, or pass --insecure-no-auth (CAIRN_INSECURE_NO_AUTH=true) \
+             if something else guards this address",
+            settings.listen
+        );
+    }
     Ok(())
 }
 

@@ -124,3 +124,135 @@ fn the_group_scenario_acks_every_pre_appended_event() {
     assert_eq!(group["redelivered"], 0);
     assert!(result["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
 }
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let text = ok(run(args));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn the_query_scenario_reports_queries_and_the_projection_catch_up() {
+    let result = bench_json(&[
+        "bench",
+        "query",
+        "--events",
+        "3000",
+        "--keys",
+        "300",
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(result["scenario"], "query");
+    assert_eq!(result["errors"], 0, "{result:#}");
+    let requests = result["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{result:#}");
+    assert_eq!(
+        result["events"].as_u64(),
+        Some(requests),
+        "every answer had its row"
+    );
+    assert!(result["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let query = &result["query"];
+    assert_eq!(query["query"], "bench_item");
+    assert_eq!(query["keys"], 300);
+    assert_eq!(query["cached"], false);
+    assert_eq!(query["pre_appended"], 3000);
+    assert!(query["catch_up_s"].as_f64().unwrap() > 0.0, "{query}");
+    assert!(
+        query["catch_up_events_per_s"].as_f64().unwrap() > 0.0,
+        "{query}"
+    );
+    assert_eq!(query["cache_hits"], 0, "the embedded cache is off: {query}");
+    assert!(
+        query["replay_events_per_s"].as_f64().unwrap() > 0.0,
+        "{query}"
+    );
+
+    let result = bench_json(&[
+        "bench",
+        "query",
+        "--cached",
+        "--events",
+        "1000",
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(result["errors"], 0, "{result:#}");
+    let query = &result["query"];
+    assert_eq!(query["cached"], true);
+    assert_eq!(query["keys"], 16);
+    assert!(
+        query["cache_hit_ratio"].as_f64().unwrap() > 0.5,
+        "the cache serves a few keys: {query}"
+    );
+}
+
+#[test]
+fn e2e_with_query_measures_append_to_visible_latency() {
+    let result = bench_json(&[
+        "bench",
+        "e2e",
+        "--query",
+        "--rate",
+        "300",
+        "--clients",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(result["scenario"], "e2e");
+    assert_eq!(result["errors"], 0, "{result:#}");
+    let appended = result["events"].as_u64().unwrap();
+    assert!(appended > 50, "{result:#}");
+    let visibility = &result["visibility"];
+    assert_eq!(visibility["rate"], 300);
+    assert_eq!(visibility["visible"].as_u64(), Some(appended), "{result:#}");
+    assert_eq!(visibility["not_visible"], 0);
+    let latency = &result["latency_ms"];
+    assert!(latency["p50"].as_f64().unwrap() > 0.0, "{latency}");
+    assert!(result.get("e2e").is_none());
+}
+
+#[test]
+fn the_query_scenarios_need_the_bench_read_side_on_a_given_server() {
+    let toml = ok(run(&["bench", "query", "--print-read-side"]));
+    assert!(toml.contains("name = \"bench_items\"") && toml.contains("name = \"bench_item\""));
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::Server::start(&dir.path().join("data"));
+    let output = run(&["bench", "query", "--url", &server.url, "--duration", "1s"]);
+    assert!(!output.status.success());
+    let message = crate::support::stderr(&output);
+    assert!(
+        message.contains("no projection bench_items") && message.contains("[[projections]]"),
+        "{message}"
+    );
+
+    // With it configured, the same run works against that server.
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let server =
+        crate::support::Server::start_with_config(&dir.path().join("with-read-side"), &config);
+    let result = bench_json(&[
+        "bench",
+        "query",
+        "--url",
+        &server.url,
+        "--events",
+        "500",
+        "--duration",
+        "1s",
+        "--clients",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(result["errors"], 0, "{result:#}");
+    assert_eq!(result["target"], server.url.as_str());
+}

@@ -2,10 +2,13 @@
 //! load generator. Hermetic: temporary directories, ephemeral ports, servers the tests
 //! start themselves.
 
+mod auth;
 mod bench;
 mod cli;
 mod crash;
 mod groups;
+mod projection_crash;
+mod read_side;
 mod settings;
 mod support;
 mod tail;

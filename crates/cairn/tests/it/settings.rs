@@ -178,4 +178,146 @@ fn the_example_file_parses_lists_every_key_and_states_the_defaults() {
         defaults.to_json(),
         "the example states the defaults"
     );
+
+    // The read side's tables are there, commented out, and valid once uncommented.
+    for table in RawSettings::TABLES {
+        assert!(
+            text.contains(&format!("\n# [[{table}]]\n")),
+            "cairn.example.toml does not show [[{table}]]"
+        );
+    }
+    let start = text.find("\n# [[projections]]").unwrap();
+    let uncommented: String = text[start..]
+        .lines()
+        .take_while(|line| line.starts_with('#') || line.is_empty())
+        .take_while(|line| !line.starts_with("# Statement placeholders"))
+        .map(|line| {
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#'))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let settings =
+        resolve_file(&uncommented).unwrap_or_else(|error| panic!("{error:#}\n{uncommented}"));
+    assert_eq!(settings.projections.len(), 1);
+    assert_eq!(settings.projections[0].name, "orders");
+    assert_eq!(settings.queries[0].name, "orders_by_customer");
+}
+
+const PROJECTION: &str = r#"
+[[projections]]
+name = "orders"
+filter = { category = "order" }
+setup = ["CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)"]
+[projections.on]
+OrderPlaced = ["INSERT INTO orders VALUES (:data.id)"]
+
+[[queries]]
+name = "order"
+sql = "SELECT id FROM orders WHERE id = :id"
+params = { id = "text" }
+"#;
+
+#[test]
+fn projections_and_queries_come_from_the_file_and_are_checked() {
+    let settings = resolve_file(PROJECTION).unwrap();
+    assert_eq!(settings.projections[0].name, "orders");
+    assert_eq!(settings.queries[0].name, "order");
+    assert_eq!(settings.query_cache_bytes, 64 * 1024 * 1024);
+    assert_eq!(settings.projection_batch_size, 2000);
+    let printed = settings.to_json();
+    assert_eq!(printed["projections"], serde_json::json!(["orders"]));
+    assert_eq!(printed["queries"], serde_json::json!(["order"]));
+
+    // An unknown key inside a projection or a query is refused by name.
+    let error = format!(
+        "{:#}",
+        RawSettings::parse(&PROJECTION.replace("filter =", "filtr =")).unwrap_err()
+    );
+    assert!(error.contains("filtr"), "{error}");
+    let error = format!(
+        "{:#}",
+        RawSettings::parse(&PROJECTION.replace("params =", "parameters =")).unwrap_err()
+    );
+    assert!(error.contains("parameters"), "{error}");
+
+    // Mistakes the read side would refuse stop the settings, naming the projection or
+    // query and the file.
+    for (broken, named, why) in [
+        (
+            PROJECTION.replace(":data.id)", ":dta.id)"),
+            "projection \"orders\"",
+            ":dta.id",
+        ),
+        (
+            PROJECTION.replace("WHERE id = :id", "WHERE id = :key"),
+            "query \"order\"",
+            ":key",
+        ),
+        (
+            format!("{PROJECTION}\n[[queries]]\nname = \"order\"\nsql = \"SELECT 1\"\n"),
+            "query \"order\"",
+            "defined twice",
+        ),
+    ] {
+        let error = format!("{:#}", resolve_file(&broken).unwrap_err());
+        assert!(
+            error.contains(named) && error.contains(why) && error.contains("cairn.toml"),
+            "{error}"
+        );
+    }
+
+    // Through the binary: refused before listening, the key named.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(
+        &file,
+        PROJECTION
+            .replace("teardown", "x")
+            .replace("setup =", "set_up ="),
+    )
+    .unwrap();
+    let output = run(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("set_up") && message.contains("cairn.toml"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_read_side_tuning_keys_layer_like_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(
+        &file,
+        format!("query_cache_bytes = 1000\nprojection_batch_size = 50\n{PROJECTION}"),
+    )
+    .unwrap();
+    let output = cairn(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--projection-batch-size",
+        "10",
+        "--print-config",
+    ])
+    .env("CAIRN_QUERY_CACHE_BYTES", "0")
+    .output()
+    .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(printed["query_cache_bytes"], 0, "env > file");
+    assert_eq!(printed["projection_batch_size"], 10, "flag > file");
+    assert_eq!(printed["projections"], serde_json::json!(["orders"]));
+    let error = format!(
+        "{:#}",
+        resolve_file("projection_batch_size = 0").unwrap_err()
+    );
+    assert!(error.contains("projection_batch_size"), "{error}");
 }

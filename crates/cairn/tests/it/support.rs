@@ -24,6 +24,15 @@ const CAIRN_VARIABLES: &[&str] = &[
     "CAIRN_MAX_EVENTS_PER_REQUEST",
     "CAIRN_MAX_EVENT_BYTES",
     "CAIRN_MAX_JSON_DEPTH",
+    "CAIRN_QUERY_CACHE_BYTES",
+    "CAIRN_PROJECTION_BATCH_SIZE",
+    "CAIRN_MAX_CONCURRENT_REQUESTS",
+    "CAIRN_RATE_LIMIT_PER_SECOND",
+    "CAIRN_RATE_LIMIT_BURST",
+    "CAIRN_MAX_SUBSCRIPTIONS_PER_TOKEN",
+    "CAIRN_HEADER_READ_TIMEOUT",
+    "CAIRN_METRICS_PUBLIC",
+    "CAIRN_INSECURE_NO_AUTH",
     "CAIRN_URL",
     "RUST_LOG",
 ];
@@ -99,7 +108,22 @@ impl Server {
 
     /// [`Server::start`] listening on `listen` (e.g. the port of a server killed before).
     pub fn start_at(data_dir: &Path, listen: &str) -> Self {
-        let mut child = cairn(&[
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// [`Server::start`] with the settings file `config` (projections, queries, …);
+    /// `--data-dir` wins over the file's `data_dir`.
+    pub fn start_with_config(data_dir: &Path, config: &Path) -> Self {
+        Self::start_with(
+            data_dir,
+            "127.0.0.1:0",
+            &["--config", config.to_str().unwrap()],
+        )
+    }
+
+    /// `cairn serve` on `data_dir` and `listen`, with `extra` arguments.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
             "serve",
             "--listen",
             listen,
@@ -107,12 +131,14 @@ impl Server {
             data_dir.to_str().unwrap(),
             "--log-format",
             "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cairn serve starts");
+        ];
+        args.extend_from_slice(extra);
+        let mut child = cairn(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cairn serve starts");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (listening, address) = mpsc::channel();
@@ -169,6 +195,15 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal with the shell's `kill` (no unsafe code, no extra dependency).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(sent.success());
     }
 
     /// SIGKILL: no chance to flush or clean up.

@@ -240,15 +240,34 @@ pub(super) async fn measure(
             append_latency_ms: Latency::of(&append_histogram),
         }),
         group: None,
+        query: None,
+        visibility: None,
     })
 }
 
 /// Event k is due at `started + k × interval`; appenders take the next one in turn.
-struct Schedule {
-    started: Instant,
-    deadline: Instant,
-    interval_nanos: f64,
-    next: AtomicU64,
+pub(super) struct Schedule {
+    pub(super) started: Instant,
+    pub(super) deadline: Instant,
+    pub(super) interval_nanos: f64,
+    pub(super) next: AtomicU64,
+}
+
+impl Schedule {
+    /// The next event's slot and when it is due, or `None` once the schedule is over
+    /// (events still unsent at the deadline are not sent: the achieved rate shows it).
+    pub(super) async fn next_due(&self) -> Option<u64> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed);
+        let offset = Duration::from_nanos((slot as f64 * self.interval_nanos) as u64);
+        let due = self.started + offset;
+        if due >= self.deadline || Instant::now() >= self.deadline {
+            return None;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Some(slot)
+    }
 }
 
 struct AppenderOutcome {
@@ -266,18 +285,7 @@ async fn append_on_schedule(
 ) -> AppenderOutcome {
     let mut histogram = new_histogram();
     let mut errors = Vec::new();
-    loop {
-        let slot = schedule.next.fetch_add(1, Ordering::Relaxed);
-        let offset = Duration::from_nanos((slot as f64 * schedule.interval_nanos) as u64);
-        let due = schedule.started + offset;
-        // Bounded by time as well as by count: events still unsent at the deadline
-        // (the appenders fell behind) are not sent; the achieved rate shows it.
-        if due >= schedule.deadline || Instant::now() >= schedule.deadline {
-            break;
-        }
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
+    while schedule.next_due().await.is_some() {
         let sent = micros_since(clock);
         let body = template.render_value(sent);
         let request_started = Instant::now();

@@ -220,6 +220,8 @@ pub(super) async fn measure(
             complete: acked >= total,
             ack_latency_ms: Latency::of(&ack_histogram),
         }),
+        query: None,
+        visibility: None,
     })
 }
 

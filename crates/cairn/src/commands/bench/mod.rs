@@ -3,10 +3,12 @@
 //! once and only a counter inside each event's payload changes between requests;
 //! latencies go to a per-client histogram, merged at the end. The `e2e` scenario
 //! ([`e2e`]) appends at a fixed rate and measures delivery to SSE subscribers; the
-//! `group` scenario ([`group`]) drains a consumer group with competing workers.
+//! `group` scenario ([`group`]) drains a consumer group with competing workers; the
+//! `query` and `e2e --query` scenarios ([`query`]) load the read side.
 
 mod e2e;
 mod group;
+mod query;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -56,6 +58,12 @@ pub struct BenchResult {
     /// The group scenario's own figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<group::GroupFigures>,
+    /// The query scenario's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<query::QueryFigures>,
+    /// `e2e --query`'s own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<query::VisibilityFigures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +102,10 @@ impl Latency {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.print_read_side {
+        print!("{}", query::READ_SIDE_TOML);
+        return Ok(());
+    }
     // Only the embedded server logs; warnings and errors are worth seeing.
     crate::logging::init(Some(crate::settings::LogFormat::Pretty), "warn")?;
     let (base_url, embedded) = match &args.url {
@@ -110,14 +122,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 idempotency_window: Duration::from_secs(24 * 3600),
                 request_timeout: Duration::from_secs(30),
                 limits: cairn_server::Limits::default(),
+                auth: Default::default(),
+                request_limits: Default::default(),
+                read_side: if query::needs_read_side(&args) {
+                    query::embedded_read_side(&args)?
+                } else {
+                    crate::embedded::ReadSideConfig::default()
+                },
             })
             .await?;
             (server.url(), Some((server, dir)))
         }
     };
     let outcome = match args.scenario {
+        Scenario::E2e if args.query => {
+            query::measure_visibility(&args, &base_url, embedded.is_some()).await
+        }
         Scenario::E2e => e2e::measure(&args, &base_url, embedded.is_some()).await,
         Scenario::Group => group::measure(&args, &base_url, embedded.is_some()).await,
+        Scenario::Query => query::measure(&args, &base_url, embedded.is_some()).await,
         Scenario::Append | Scenario::AppendBatch | Scenario::Read => {
             measure(&args, &base_url, embedded.is_some()).await
         }
@@ -147,12 +170,16 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
     let events_per_request = match args.scenario {
         Scenario::AppendBatch => usize::from(args.batch_size),
         Scenario::Read => READ_EVENTS,
-        Scenario::Append | Scenario::E2e | Scenario::Group => 1,
+        Scenario::Append | Scenario::E2e | Scenario::Group | Scenario::Query => 1,
     };
     let template = BodyTemplate::new(events_per_request, args.payload_bytes);
     let mut plans = Vec::with_capacity(clients);
     match args.scenario {
-        Scenario::Append | Scenario::AppendBatch | Scenario::E2e | Scenario::Group => {
+        Scenario::Append
+        | Scenario::AppendBatch
+        | Scenario::E2e
+        | Scenario::Group
+        | Scenario::Query => {
             for client in 0..clients {
                 plans.push(Plan::Append {
                     url: format!("{base_url}/v1/streams/bench-{run_id}-{client}/events"),
@@ -253,6 +280,8 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         error_samples,
         e2e: None,
         group: None,
+        query: None,
+        visibility: None,
     })
 }
 
@@ -577,6 +606,7 @@ fn summary(result: &BenchResult) -> String {
     ));
     // What the headline latency is the latency of.
     let label = match result.scenario {
+        "e2e" if result.visibility.is_some() => "visible ",
         "e2e" => "delivery",
         "group" => "claims  ",
         _ => "latency ",
@@ -590,6 +620,12 @@ fn summary(result: &BenchResult) -> String {
     }
     if let Some(group) = &result.group {
         text.push_str(&group.summary());
+    }
+    if let Some(query) = &result.query {
+        text.push_str(&query.summary());
+    }
+    if let Some(visibility) = &result.visibility {
+        text.push_str(&visibility.summary());
     }
     for sample in &result.error_samples {
         text.push_str(&format!("  error: {sample}\n"));

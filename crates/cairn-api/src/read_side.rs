@@ -1,0 +1,117 @@
+//! The read side (CQRS) on the wire: projections' status and named queries' answers.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What a projection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionState {
+    /// Applying events as they are appended (or catching up with the log).
+    Running,
+    /// Stopped on a failing statement (see `last_error`); `restart` retries the failing
+    /// event, `rebuild` starts over.
+    Failed,
+    /// Replaying the log from position 1 after a rebuild.
+    Rebuilding,
+    /// Not running: the server is shutting down.
+    Stopped,
+}
+
+/// Why a projection stopped: the failing event and the read-model database's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectionFailure {
+    /// The log position of the event that failed; every event before it is applied.
+    pub position: u64,
+    /// The failing event's type; `null` when the read-model database itself failed.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub message: String,
+}
+
+/// `GET /v1/projections/{name}`: a projection's state and progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub state: ProjectionState,
+    /// The last log position the read model reflects.
+    pub position: u64,
+    /// The last position of the log.
+    pub head_position: u64,
+    /// `head_position - position`.
+    pub lag: u64,
+    /// Events applied per second, over the last few seconds.
+    pub events_per_second: f64,
+    /// Set while the projection is `failed`.
+    pub last_error: Option<ProjectionFailure>,
+    /// The configured definition differs from the one the read model was built with:
+    /// new events use the new statements, earlier ones were not replayed.
+    pub definition_changed: bool,
+    /// What `definition_changed` means and what to do (rebuild).
+    pub message: Option<String>,
+    /// While `rebuilding`: `position / head_position`, from 0.0 to 1.0.
+    pub rebuild_progress: Option<f64>,
+}
+
+/// `GET /v1/projections`: every configured projection, in configuration order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectionList {
+    pub projections: Vec<ProjectionStatus>,
+}
+
+/// `GET /v1/queries/{name}`: a named query's rows and the log position they reflect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryResponse {
+    /// One object per row: column name → value (text, number or null).
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Every event up to this log position is reflected in the rows.
+    pub position: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_has_every_field_and_names_the_event_type_type() {
+        let status = ProjectionStatus {
+            name: "orders".into(),
+            state: ProjectionState::Failed,
+            position: 4,
+            head_position: 9,
+            lag: 5,
+            events_per_second: 0.0,
+            last_error: Some(ProjectionFailure {
+                position: 5,
+                event_type: Some("OrderPlaced".into()),
+                message: "UNIQUE constraint failed: orders.id".into(),
+            }),
+            definition_changed: false,
+            message: None,
+            rebuild_progress: None,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["last_error"]["type"], "OrderPlaced");
+        assert_eq!(json["last_error"]["position"], 5);
+        for field in ["message", "rebuild_progress"] {
+            assert!(json[field].is_null(), "{field} is present and null");
+            assert!(json.as_object().unwrap().contains_key(field));
+        }
+        let back: ProjectionStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn a_query_response_is_rows_and_a_position() {
+        let text = r#"{"rows":[{"id":"o-1","total":12.5,"note":null}],"position":7}"#;
+        let response: QueryResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(response.position, 7);
+        assert_eq!(response.rows[0]["total"], 12.5);
+        assert_eq!(
+            serde_json::to_value(&response).unwrap()["rows"][0]["id"],
+            "o-1"
+        );
+    }
+}

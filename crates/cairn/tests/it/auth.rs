@@ -1,0 +1,338 @@
+//! API tokens through the real binary: `cairn token create`, its block pasted into a
+//! config, reload on SIGHUP, secrets kept out of the logs, and the refusal to serve a
+//! non-loopback address without tokens.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::{Server, cairn, ok, run, stderr};
+
+/// The secret and the block `cairn token create ARGS` prints.
+fn create_token(args: &[&str]) -> (String, String) {
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    let out = ok(run(&all));
+    let (first, block) = out.split_once('\n').unwrap();
+    let secret = first
+        .strip_prefix("token: ")
+        .expect("token: <secret>")
+        .to_owned();
+    (secret, block.trim_start().to_owned())
+}
+
+/// One request over a fresh connection: (status, body).
+fn send(
+    address: &str,
+    method: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let auth = secret.map_or_else(String::new, |secret| {
+        format!("Authorization: Bearer {secret}\r\n")
+    });
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn append_body() -> &'static str {
+    r#"{"events":[{"type":"Placed","data":{"total":3}}]}"#
+}
+
+fn write_config(path: &Path, blocks: &[&str]) {
+    std::fs::write(path, blocks.join("\n")).unwrap();
+}
+
+#[test]
+fn a_created_token_parses_and_authenticates_against_the_server() {
+    let (secret, block) = create_token(&[
+        "--name",
+        "orders-service",
+        "--scopes",
+        "read,append",
+        "--streams",
+        "order-",
+    ]);
+    assert!(
+        secret.starts_with("cairn_") && secret.len() > 40,
+        "{secret}"
+    );
+    let parsed: toml::Value = toml::from_str(&block).expect("the block is TOML");
+    let entry = &parsed["auth"]["tokens"][0];
+    assert_eq!(entry["name"].as_str(), Some("orders-service"));
+    assert_eq!(entry["scopes"].as_array().unwrap().len(), 2);
+    assert_eq!(entry["streams"][0].as_str(), Some("order-"));
+    let hash = entry["sha256"].as_str().unwrap();
+    assert_eq!(hash.len(), 64);
+    assert!(!block.contains(&secret), "the block never holds the secret");
+    // Two tokens are never the same.
+    assert_ne!(create_token(&["--name", "x", "--scopes", "read"]).0, secret);
+    // Bad scopes are refused.
+    let bad = run(&["token", "create", "--name", "x", "--scopes", "write"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("write"), "{}", stderr(&bad));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    write_config(&config, &[&block]);
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let address = server.address();
+    let path = "/v1/streams/order-1/events";
+    assert_eq!(send(address, "POST", path, None, append_body()).0, 401);
+    assert_eq!(
+        send(address, "POST", path, Some("cairn_nope"), append_body()).0,
+        401
+    );
+    assert_eq!(
+        send(address, "POST", path, Some(&secret), append_body()).0,
+        201
+    );
+    assert_eq!(send(address, "GET", path, Some(&secret), "").0, 200);
+    assert_eq!(
+        send(
+            address,
+            "POST",
+            "/v1/streams/invoice-1/events",
+            Some(&secret),
+            append_body()
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        send(address, "DELETE", "/v1/streams/order-1", Some(&secret), "").0,
+        403
+    );
+    assert_eq!(send(address, "GET", "/metrics", None, "").0, 401);
+    assert_eq!(send(address, "GET", "/metrics", Some(&secret), "").0, 200);
+    assert_eq!(send(address, "GET", "/health/live", None, "").0, 200);
+
+    // Nothing secret reaches the log, but the token's name does.
+    let logs = server.logs().join("\n");
+    assert!(!logs.contains(&secret), "the secret is in the log");
+    assert!(!logs.contains(hash), "the hash is in the log");
+    assert!(
+        !logs.contains("cairn_nope"),
+        "a presented secret is in the log"
+    );
+    let named = server
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|log| log["message"] == "request")
+        .filter(|log| log["token"] == "orders-service")
+        .count();
+    assert!(named >= 4, "request lines name the token:\n{logs}");
+}
+
+#[test]
+fn metrics_can_be_made_public() {
+    let (_, block) = create_token(&["--name", "ops", "--scopes", "admin"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    write_config(&config, &[&block]);
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap(), "--metrics-public"],
+    );
+    assert_eq!(send(server.address(), "GET", "/metrics", None, "").0, 200);
+    assert_eq!(
+        send(server.address(), "GET", "/v1/streams", None, "").0,
+        401
+    );
+}
+
+/// Waits until a log line says `message` for the `count`-th time.
+fn wait_for_log(server: &Server, message: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = server
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|log| {
+                log["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .count();
+        if seen >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?}: {:#?}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_tokens_and_a_bad_file_keeps_the_old_ones() {
+    let (old_secret, old_block) = create_token(&["--name", "old", "--scopes", "read"]);
+    let (new_secret, new_block) = create_token(&["--name", "new", "--scopes", "read"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    write_config(&config, &[&old_block]);
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let address = server.address().to_owned();
+    assert_eq!(
+        send(&address, "GET", "/v1/streams", Some(&old_secret), "").0,
+        200
+    );
+    assert_eq!(
+        send(&address, "GET", "/v1/streams", Some(&new_secret), "").0,
+        401
+    );
+
+    write_config(&config, &[&new_block]);
+    server.signal("HUP");
+    wait_for_log(&server, "SIGHUP: API tokens reloaded", 1);
+    assert_eq!(
+        send(&address, "GET", "/v1/streams", Some(&new_secret), "").0,
+        200
+    );
+    assert_eq!(
+        send(&address, "GET", "/v1/streams", Some(&old_secret), "").0,
+        401
+    );
+
+    // A broken file is logged; the tokens in force stay.
+    std::fs::write(&config, "[auth]\nnonsense = 1\n").unwrap();
+    server.signal("HUP");
+    wait_for_log(&server, "SIGHUP: cannot reload", 1);
+    assert_eq!(
+        send(&address, "GET", "/v1/streams", Some(&new_secret), "").0,
+        200
+    );
+    // So does a file without tokens (that would turn authentication off).
+    std::fs::write(&config, "").unwrap();
+    server.signal("HUP");
+    wait_for_log(&server, "SIGHUP: the file has no API tokens left", 1);
+    assert_eq!(send(&address, "GET", "/v1/streams", None, "").0, 401);
+    assert!(!server.logs().join("\n").contains(&new_secret));
+}
+
+#[test]
+fn without_tokens_a_non_loopback_address_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = cairn(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap();
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(message.contains("--insecure-no-auth"), "{message}");
+    assert!(message.contains("0.0.0.0:0"), "{message}");
+
+    let server = Server::start_with(&data, "0.0.0.0:0", &["--insecure-no-auth"]);
+    assert_eq!(
+        send(server.address(), "GET", "/v1/streams", None, "").0,
+        200
+    );
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|line| line.contains("--insecure-no-auth") && line.contains("WARN")),
+        "{:#?}",
+        server.logs()
+    );
+    drop(server);
+    // The environment variable does the same.
+    let by_env = {
+        let mut command = cairn(&[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--print-config",
+        ]);
+        command.env("CAIRN_INSECURE_NO_AUTH", "true");
+        command.output().unwrap()
+    };
+    let printed: serde_json::Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert_eq!(printed["insecure_no_auth"], true);
+}
+
+#[test]
+fn an_invalid_auth_table_stops_serve_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    for (text, expected) in [
+        ("[auth]\nsecret = \"x\"\n", "secret"),
+        (
+            "[[auth.tokens]]\nname = \"a\"\nscopes = [\"write\"]\nsha256 = \"00\"\n",
+            "write",
+        ),
+        (
+            "[[auth.tokens]]\nname = \"a\"\nscopes = [\"read\"]\nsha256 = \"00\"\n",
+            "SHA-256",
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let output = run(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--print-config",
+        ]);
+        assert!(!output.status.success(), "{text}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{text}: {}",
+            stderr(&output)
+        );
+    }
+    let hash = "ab".repeat(32);
+    let other = "cd".repeat(32);
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"a\"\nscopes = [\"read\"]\nsha256 = \"{hash}\"\n\
+             [[auth.tokens]]\nname = \"a\"\nscopes = [\"read\"]\nsha256 = \"{other}\"\n"
+        ),
+    )
+    .unwrap();
+    let output = run(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(
+        stderr(&output).contains("two tokens"),
+        "{}",
+        stderr(&output)
+    );
+}
