@@ -12,3 +12,4 @@ mod read_side;
 mod settings;
 mod support;
 mod tail;
+mod metrics_catalogue;
