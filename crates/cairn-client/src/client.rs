@@ -95,6 +95,9 @@ impl ClientBuilder {
             let mut http = reqwest::Client::builder()
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
+                // Below the server's default header read timeout (10 s), which also
+                // closes idle keep-alive connections: never reuse one it closed.
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
                 .user_agent(concat!("cairn-client/", env!("CARGO_PKG_VERSION")));
             if let Some(max) = self.pool_max_idle_per_host {
                 http = http.pool_max_idle_per_host(max);
