@@ -51,6 +51,10 @@ pub struct ProjectionStatus {
     pub message: Option<String>,
     /// While `rebuilding`: `position / head_position`, from 0.0 to 1.0.
     pub rebuild_progress: Option<f64>,
+    /// Full scans and sorts without an index in its statements' plans, as checked at
+    /// start and after every rebuild; each names the index that would avoid it.
+    #[serde(default)]
+    pub plan_warnings: Vec<PlanWarning>,
 }
 
 /// `GET /v1/projections`: every configured projection, in configuration order.
@@ -67,6 +71,86 @@ pub struct QueryResponse {
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
     /// Every event up to this log position is reflected in the rows.
     pub position: u64,
+}
+
+/// A full scan or a sort without an index in a query's or a projection statement's
+/// plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanWarning {
+    /// What was planned: `query <name>` or `projection <name>, on.<Type> statement <n>`.
+    pub subject: String,
+    /// `full_scan` or `sort_without_index`.
+    pub kind: String,
+    /// The read-model table.
+    pub table: String,
+    /// The columns an index should hold, in order (empty when none could be derived).
+    pub columns: Vec<String>,
+    /// The `CREATE INDEX` to add to the `setup` of the projection creating the table;
+    /// `null` when no index would help.
+    pub suggestion: Option<String>,
+    /// The whole warning in one sentence, as logged.
+    pub message: String,
+}
+
+/// One row of SQLite's `EXPLAIN QUERY PLAN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanRow {
+    pub id: i64,
+    /// The row this one is nested in; 0 at the top.
+    pub parent: i64,
+    pub detail: String,
+}
+
+/// What running the query showed, with `analyze=true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanAnalysis {
+    /// How long the query took, in milliseconds.
+    pub duration_ms: f64,
+    pub rows_returned: u64,
+}
+
+/// `GET /v1/queries/{name}/plan`: how SQLite runs a named query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryPlan {
+    pub query: String,
+    /// The SQL as SQLite runs it (placeholders became `?1`, `?2`, …).
+    pub sql: String,
+    pub rows: Vec<PlanRow>,
+    /// The rows as a tree, as the `sqlite3` shell prints them.
+    pub text: String,
+    pub warnings: Vec<PlanWarning>,
+    /// With `analyze=true`: the query was run; else `null`.
+    pub analysis: Option<PlanAnalysis>,
+}
+
+/// `GET /v1/queries/{name}/status`: a named query's plan warnings and what it has
+/// served since the server started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryStatus {
+    pub name: String,
+    /// The parameters' names, in the order the SQL binds them.
+    pub params: Vec<String>,
+    pub plan_warnings: Vec<PlanWarning>,
+    /// Why its plan could not be checked (its tables do not exist yet, say).
+    pub plan_error: Option<String>,
+    /// Calls (cache hits, misses and errors alike).
+    pub calls: u64,
+    /// Calls answered with an error.
+    pub errors: u64,
+    /// Rows returned, cached or not.
+    pub rows: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// `cache_hits / (cache_hits + cache_misses)`; `null` before the first answer.
+    pub cache_hit_ratio: Option<f64>,
+    /// Runs slower than the slow-query threshold.
+    pub slow: u64,
+}
+
+/// `GET /v1/queries`: every configured query, in configuration order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryList {
+    pub queries: Vec<QueryStatus>,
 }
 
 #[cfg(test)]
@@ -90,11 +174,13 @@ mod tests {
             definition_changed: false,
             message: None,
             rebuild_progress: None,
+            plan_warnings: vec![],
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["state"], "failed");
         assert_eq!(json["last_error"]["type"], "OrderPlaced");
         assert_eq!(json["last_error"]["position"], 5);
+        assert_eq!(json["plan_warnings"], serde_json::json!([]));
         for field in ["message", "rebuild_progress"] {
             assert!(json[field].is_null(), "{field} is present and null");
             assert!(json.as_object().unwrap().contains_key(field));

@@ -310,6 +310,23 @@ pub struct Health {
     pub head_position: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The read replicas (PostgreSQL with `--replica-url`); absent without any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaHealth>>,
+}
+
+/// A read replica in `GET /health/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaHealth {
+    /// `host:port/dbname`.
+    pub replica: String,
+    /// In rotation: its last probe succeeded. A replica that is down only sends reads
+    /// to the primary; it does not make the instance unready.
+    pub up: bool,
+    /// The position it had replayed at its last successful probe.
+    pub replayed_position: u64,
+    /// Positions it was behind this instance's head at that probe.
+    pub lag_positions: u64,
 }
 
 #[cfg(test)]

@@ -45,9 +45,10 @@ pub use cairn_api::{
     Delivery, ErrorBody, ErrorCode, Event, EventFilterSpec, EventInput, EventQuery,
     ExpectedVersion, GroupList, GroupOrdering, GroupRequest, GroupSettingsView, GroupStatus,
     Health, MultiAppendRequest, MultiAppendResponse, MultiEventInput, NackRequest, ParkedEvent,
-    ParkedList, ProjectionFailure, ProjectionList, ProjectionState, ProjectionStatus,
-    QueryResponse, ReadAllResponse, ReadStreamResponse, ReplayParkedRequest, ReplayParkedResponse,
-    SettleResponse, StreamInfo, StreamList,
+    ParkedList, PlanAnalysis, PlanRow, PlanWarning, ProjectionFailure, ProjectionList,
+    ProjectionState, ProjectionStatus, QueryList, QueryPlan, QueryResponse, QueryStatus,
+    ReadAllResponse, ReadStreamResponse, ReplayParkedRequest, ReplayParkedResponse, SettleResponse,
+    StreamInfo, StreamList,
 };
 pub use client::{
     Client, ClientBuilder, Direction, ReadAllOptions, ReadStreamOptions, WriteOptions, Written,

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use cairn_api::{ProjectionList, ProjectionStatus, QueryResponse};
+use cairn_api::{
+    ProjectionList, ProjectionStatus, QueryList, QueryPlan, QueryResponse, QueryStatus,
+};
 use reqwest::{Method, Url};
 
 use crate::client::decode;
@@ -80,6 +82,47 @@ impl Client {
             .execute_counting(Method::GET, url, None, None, true, timeout)
             .await;
         decode(&outcome?.body)
+    }
+
+    /// Every named query with its plan warnings and counters.
+    pub async fn queries(&self) -> Result<QueryList, ClientError> {
+        self.read_side_get(self.url(&["v1", "queries"])).await
+    }
+
+    /// A named query's plan warnings and counters.
+    pub async fn query_status(&self, name: &str) -> Result<QueryStatus, ClientError> {
+        self.read_side_get(self.url(&["v1", "queries", name, "status"]))
+            .await
+    }
+
+    /// The plan SQLite would use for the named query with `params` (a required one
+    /// left out takes a representative value), with its warnings. With `analyze` the
+    /// query is also run (every required parameter must be given) and its duration and
+    /// row count come back in `analysis`. Needs the `admin` scope.
+    pub async fn query_plan<K, V>(
+        &self,
+        name: &str,
+        params: impl IntoIterator<Item = (K, V)>,
+        analyze: bool,
+    ) -> Result<QueryPlan, ClientError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut url = self.url(&["v1", "queries", name, "plan"]);
+        {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in params {
+                query.append_pair(key.as_ref(), value.as_ref());
+            }
+            if analyze {
+                query.append_pair("analyze", "true");
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        self.read_side_get(url).await
     }
 
     async fn read_side_get<T: serde::de::DeserializeOwned>(

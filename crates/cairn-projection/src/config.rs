@@ -282,8 +282,9 @@ pub(crate) struct CompiledQuery {
     pub bound: Vec<String>,
     pub params: BTreeMap<String, ParamSpec>,
     pub cache_ttl: Option<Duration>,
-    /// Identifiers named in the SQL, lower-cased (to find the projections it reads).
-    pub identifiers: BTreeSet<String>,
+    /// The tables the SQL reads (after `FROM` or `JOIN`), lower-cased: how the
+    /// projections it depends on are found.
+    pub tables: BTreeSet<String>,
 }
 
 pub(crate) fn compile(
@@ -479,7 +480,7 @@ fn compile_query(config: &QueryConfig) -> Result<CompiledQuery, ReadSideError> {
         bound: names,
         params: config.params.clone(),
         cache_ttl,
-        identifiers: sql::identifiers(&config.sql),
+        tables: sql::referenced_tables(&config.sql),
     })
 }
 

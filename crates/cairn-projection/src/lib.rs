@@ -861,15 +861,15 @@ fn pad<T: Default>(mut items: Vec<T>, expected: usize) -> Vec<T> {
     items
 }
 
-/// The projections whose tables (created by their `setup`) the query names; all of
-/// them when it names none.
+/// The projections whose tables (created by their `setup`) the query reads (after
+/// `FROM` or `JOIN`, not merely a word of its SQL); all of them when it reads none.
 fn projections_read_by(
     plan: &CompiledQuery,
     projections: &[Arc<Projection>],
 ) -> Vec<Arc<Projection>> {
     let named: Vec<Arc<Projection>> = projections
         .iter()
-        .filter(|p| !p.plan.tables.is_disjoint(&plan.identifiers))
+        .filter(|p| !p.plan.tables.is_disjoint(&plan.tables))
         .cloned()
         .collect();
     if named.is_empty() {

@@ -407,7 +407,7 @@ mod tests {
             ],
             params,
             cache_ttl: None,
-            identifiers: BTreeSet::new(),
+            tables: BTreeSet::new(),
         }
     }
 

@@ -233,12 +233,85 @@ pub(crate) fn first_word(sql: &str) -> Option<&str> {
     }
 }
 
-/// Every identifier (bare or quoted) that `sql` names, lower-cased.
-pub(crate) fn identifiers(sql: &str) -> BTreeSet<String> {
-    tokens(sql)
-        .iter()
-        .filter_map(|token| identifier(Some(token)))
-        .collect()
+/// The tables `sql` reads, lower-cased: each name after `FROM` or `JOIN` (in
+/// subqueries too), with the rest of a comma-separated `FROM` list; a column, alias or
+/// literal that happens to share a table's name is not one. `schema.table` counts as
+/// `table`; a subquery or a table-valued function in that place names no table.
+pub(crate) fn referenced_tables(sql: &str) -> BTreeSet<String> {
+    let tokens = tokens(sql);
+    let mut tables = BTreeSet::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let from = is_keyword(&tokens[i], "from");
+        if !(from || is_keyword(&tokens[i], "join")) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while let Some(mut name) = identifier(tokens.get(j)) {
+            j += 1;
+            if tokens.get(j) == Some(&Token::Punct(b'.')) {
+                match identifier(tokens.get(j + 1)) {
+                    Some(table) => {
+                        name = table;
+                        j += 2;
+                    }
+                    None => break,
+                }
+            }
+            if tokens.get(j) == Some(&Token::Punct(b'(')) {
+                // `json_each(…)`: a function, not a table.
+                break;
+            }
+            tables.insert(name);
+            // An alias: `AS a`, or a bare word that is not a clause's keyword.
+            match tokens.get(j) {
+                Some(token) if is_keyword(token, "as") => j += 2,
+                Some(token @ (Token::Word(_) | Token::Quoted(_))) if !ends_table(token) => j += 1,
+                _ => {}
+            }
+            if from && tokens.get(j) == Some(&Token::Punct(b',')) {
+                j += 1;
+                continue;
+            }
+            break;
+        }
+        i += 1;
+    }
+    tables
+}
+
+/// Whether a word after a table's name starts the next clause rather than an alias.
+fn ends_table(token: &Token<'_>) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "where",
+        "join",
+        "left",
+        "right",
+        "full",
+        "inner",
+        "outer",
+        "cross",
+        "natural",
+        "on",
+        "using",
+        "group",
+        "order",
+        "limit",
+        "offset",
+        "union",
+        "except",
+        "intersect",
+        "window",
+        "having",
+        "indexed",
+        "not",
+        "returning",
+        "set",
+        "values",
+        "select",
+    ];
+    matches!(token, Token::Word(word) if KEYWORDS.iter().any(|k| word.eq_ignore_ascii_case(k)))
 }
 
 fn identifier(token: Option<&Token<'_>>) -> Option<String> {
@@ -310,10 +383,39 @@ mod tests {
         assert_eq!(first_word("(SELECT 1)"), None);
     }
 
+    fn tables(sql: &str) -> Vec<String> {
+        referenced_tables(sql).into_iter().collect()
+    }
+
     #[test]
-    fn identifiers_include_quoted_ones() {
-        let names = identifiers("SELECT a FROM \"Orders\" o JOIN [x] WHERE b = 'orders'");
-        assert!(names.contains("orders") && names.contains("x") && names.contains("select"));
-        assert!(!names.contains("'orders'"));
+    fn referenced_tables_are_the_names_after_from_and_join() {
+        assert_eq!(
+            tables("SELECT a FROM \"Orders\" o JOIN [x] ON o.id = x.id WHERE b = 'lines'"),
+            ["orders", "x"]
+        );
+        // A column, an alias or a literal named like a table is not a table.
+        assert_eq!(tables("SELECT orders FROM customers"), ["customers"]);
+        assert_eq!(
+            tables("SELECT c.orders AS orders FROM customers AS orders_view WHERE 'orders' = ?1"),
+            ["customers"]
+        );
+        // Comma lists, schema-qualified names, subqueries and CTEs.
+        assert_eq!(
+            tables("SELECT * FROM main.a AS x, b y, c WHERE x.id IN (SELECT id FROM d)"),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(
+            tables("SELECT n FROM (SELECT count(*) AS n FROM lines) LEFT OUTER JOIN e USING (n)"),
+            ["e", "lines"]
+        );
+        assert_eq!(
+            tables("WITH recent AS (SELECT * FROM orders) SELECT * FROM recent"),
+            ["orders", "recent"]
+        );
+        // A table-valued function names no table; FROM in a comment does not count.
+        assert_eq!(
+            tables("SELECT value FROM json_each(?1) -- FROM orders\n"),
+            Vec::<String>::new()
+        );
     }
 }

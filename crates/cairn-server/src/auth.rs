@@ -10,8 +10,8 @@
 //!
 //! The scope map: reads (streams, the global log, subscriptions, projections, queries,
 //! groups including claim/ack/nack) need `read`; appends need `append`; deleting a
-//! stream, creating or deleting a group, replaying parked events and restarting or
-//! rebuilding a projection need `admin`, which implies the other two. A token with
+//! stream, creating or deleting a group, replaying parked events, restarting or
+//! rebuilding a projection and a query's plan (`/v1/queries/{name}/plan`) need `admin`, which implies the other two. A token with
 //! stream grants may touch only streams whose name starts with a granted prefix; routes
 //! that read across streams without naming a granted stream (or category) are refused
 //! to it with 403. `/health/*` and `/openapi.json` are open; `/metrics` needs any valid
@@ -335,9 +335,10 @@ fn need_of(method: &Method, route: Option<&str>, metrics_public: bool) -> Need {
         routes::GROUP if method == Method::PUT || method == Method::DELETE => {
             Need::Scope(Scope::Admin)
         }
-        routes::GROUP_PARKED_REPLAY | routes::PROJECTION_RESTART | routes::PROJECTION_REBUILD => {
-            Need::Scope(Scope::Admin)
-        }
+        routes::GROUP_PARKED_REPLAY
+        | routes::PROJECTION_RESTART
+        | routes::PROJECTION_REBUILD
+        | routes::QUERY_PLAN => Need::Scope(Scope::Admin),
         _ => Need::Scope(Scope::Read),
     }
 }
@@ -572,6 +573,13 @@ mod tests {
             need_of(&post, Some(routes::GROUP_CLAIM), false),
             Scope(super::Scope::Read)
         );
+        assert_eq!(
+            need_of(&get, Some(routes::QUERY_PLAN), false),
+            Scope(super::Scope::Admin)
+        );
+        for route in [routes::QUERIES, routes::QUERY_STATUS, routes::QUERY] {
+            assert_eq!(need_of(&get, Some(route), false), Scope(super::Scope::Read));
+        }
         assert_eq!(need_of(&get, None, false), AnyToken);
     }
 }

@@ -138,38 +138,10 @@ fn describe() {
     describe_read_side();
 }
 
+/// The read side describes its own metrics; the server adds its failed-projection
+/// gauge.
 fn describe_read_side() {
-    use cairn_projection::metrics as read_side;
-    metrics::describe_counter!(
-        read_side::QUERY_CACHE_HITS,
-        "Named-query results served from the cache, by query."
-    );
-    metrics::describe_counter!(
-        read_side::QUERY_CACHE_MISSES,
-        "Named-query results computed (not cached, or no longer valid), by query."
-    );
-    metrics::describe_histogram!(
-        read_side::QUERY_DURATION_SECONDS,
-        metrics::Unit::Seconds,
-        "Time to answer a named query, cache hits included and waits for min_position excluded, by query."
-    );
-    metrics::describe_gauge!(
-        read_side::PROJECTION_POSITION,
-        "The last log position a projection's read model reflects, by projection."
-    );
-    metrics::describe_gauge!(
-        read_side::PROJECTION_LAG,
-        "Log positions between the head and a projection's position, by projection."
-    );
-    metrics::describe_histogram!(
-        read_side::PROJECTION_APPLY_DURATION_SECONDS,
-        metrics::Unit::Seconds,
-        "Time to apply and commit one batch of events, by projection."
-    );
-    metrics::describe_counter!(
-        read_side::PROJECTION_FAILURES,
-        "Times a projection stopped on a failing statement or a read-model storage failure, by projection."
-    );
+    cairn_projection::metrics::describe();
     metrics::describe_gauge!(
         PROJECTION_FAILED,
         "1 while a projection is failed (stopped at a failing event), else 0, by projection."

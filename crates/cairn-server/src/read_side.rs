@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use cairn_api::{ProjectionFailure, ProjectionState as WireState, ProjectionStatus as WireStatus};
-use cairn_projection::{ProjectionState, ProjectionStatus, ReadSide, ReadSideError};
+use cairn_projection::{
+    PlanWarning, ProjectionState, ProjectionStatus, QueryPlan, QueryStatus, ReadSide, ReadSideError,
+};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -41,6 +43,56 @@ pub(crate) fn status_to_wire(status: &ProjectionStatus) -> WireStatus {
         definition_changed: status.definition_changed,
         message: status.message.clone(),
         rebuild_progress: status.rebuild_progress.map(|progress| round(progress, 4)),
+        plan_warnings: status.plan_warnings.iter().map(warning_to_wire).collect(),
+    }
+}
+
+pub(crate) fn warning_to_wire(warning: &PlanWarning) -> cairn_api::PlanWarning {
+    cairn_api::PlanWarning {
+        subject: warning.subject.to_string(),
+        kind: warning.kind.as_str().to_owned(),
+        table: warning.table.clone(),
+        columns: warning.columns.clone(),
+        suggestion: warning.suggestion.clone(),
+        message: warning.message.clone(),
+    }
+}
+
+pub(crate) fn plan_to_wire(plan: &QueryPlan) -> cairn_api::QueryPlan {
+    cairn_api::QueryPlan {
+        query: plan.query.clone(),
+        sql: plan.sql.clone(),
+        rows: plan
+            .rows
+            .iter()
+            .map(|row| cairn_api::PlanRow {
+                id: row.id,
+                parent: row.parent,
+                detail: row.detail.clone(),
+            })
+            .collect(),
+        text: plan.text.clone(),
+        warnings: plan.warnings.iter().map(warning_to_wire).collect(),
+        analysis: plan.analysis.map(|analysis| cairn_api::PlanAnalysis {
+            duration_ms: round(analysis.duration.as_secs_f64() * 1000.0, 3),
+            rows_returned: analysis.rows_returned as u64,
+        }),
+    }
+}
+
+pub(crate) fn query_status_to_wire(status: &QueryStatus) -> cairn_api::QueryStatus {
+    cairn_api::QueryStatus {
+        name: status.name.clone(),
+        params: status.params.clone(),
+        plan_warnings: status.plan_warnings.iter().map(warning_to_wire).collect(),
+        plan_error: status.plan_error.clone(),
+        calls: status.calls,
+        errors: status.errors,
+        rows: status.rows,
+        cache_hits: status.cache_hits,
+        cache_misses: status.cache_misses,
+        cache_hit_ratio: status.cache_hit_ratio().map(|ratio| round(ratio, 4)),
+        slow: status.slow,
     }
 }
 

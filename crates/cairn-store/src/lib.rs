@@ -21,6 +21,19 @@ use uuid::Uuid;
 
 pub use groups::{GroupOrdering, GroupRecord, GroupSettings, ParkedEvent};
 
+/// A read replica as `/health/ready` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaHealth {
+    /// `host:port/dbname`: never a password.
+    pub label: String,
+    /// In rotation: its last probe succeeded.
+    pub up: bool,
+    /// The position it had replayed at its last successful probe.
+    pub replayed_position: Position,
+    /// Positions it was behind the head this instance knew, at that probe.
+    pub lag: u64,
+}
+
 pub mod conformance;
 pub mod groups;
 pub mod metrics;
@@ -246,6 +259,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Ready to serve: storage reachable, migrations done.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// The read replicas this store routes reads to, as of their last probe; none for a
+    /// store without replicas (the default). Takes no I/O.
+    fn replica_status(&self) -> Vec<ReplicaHealth> {
+        Vec::new()
+    }
 
     /// The event at `position`, if there is one.
     async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError>;

@@ -170,7 +170,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the Cairn server.
     #[command(after_help = SERVE_EXAMPLES)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Append events to a stream.
     #[command(after_help = APPEND_EXAMPLES)]
     Append(AppendArgs),
@@ -275,6 +275,12 @@ pub struct ServeArgs {
     /// Events a projection gathers into one transaction when it is behind (a page of the log or one commit is never split) [default: 2000].
     #[arg(long, env = "CAIRN_PROJECTION_BATCH_SIZE", value_name = "N")]
     pub projection_batch_size: Option<usize>,
+    /// Refuse to start while a query or projection statement reads a whole table or sorts without an index (each plan warning is listed).
+    #[arg(long, env = "CAIRN_STRICT_PLANS")]
+    pub strict_plans: bool,
+    /// Log queries and projection statements slower than this, with their plan, e.g. 50ms; 0s turns the log off [default: 50ms].
+    #[arg(long, env = "CAIRN_SLOW_QUERY_THRESHOLD", value_name = "DURATION")]
+    pub slow_query_threshold: Option<String>,
     /// Requests served at once (subscriptions and claims excepted); beyond, 503 [default: 1024].
     #[arg(long, env = "CAIRN_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
@@ -296,6 +302,20 @@ pub struct ServeArgs {
     /// Serve a non-loopback address without API tokens (anyone who can reach it can do anything).
     #[arg(long, env = "CAIRN_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// PostgreSQL primary for the event store (postgres://USER:PASSWORD@HOST:PORT/DB); absent: the embedded SQLite in --data-dir.
+    #[arg(long, env = "CAIRN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// A PostgreSQL streaming replica for reads (repeatable; CAIRN_REPLICA_URLS is comma-separated). Needs --database-url.
+    #[arg(
+        long = "replica-url",
+        env = "CAIRN_REPLICA_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub replica_urls: Vec<String>,
+    /// Connections to the PostgreSQL primary, and to each replica, at most [default: 16].
+    #[arg(long, env = "CAIRN_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
     /// Print the effective settings as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -624,8 +644,14 @@ pub struct QueryArgs {
     #[arg(value_name = "NAME=VALUE", value_parser = parse_query_param)]
     pub params: Vec<(String, String)>,
     /// Answer only once the rows reflect this log position (read-your-writes).
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", conflicts_with = "explain")]
     pub min_position: Option<u64>,
+    /// Show the plan SQLite would use (and its warnings) instead of the rows; needs an admin token. A required parameter may be left out.
+    #[arg(long)]
+    pub explain: bool,
+    /// With --explain: also run the query and report its duration and row count.
+    #[arg(long, requires = "explain")]
+    pub analyze: bool,
     /// How long the server may wait for --min-position, e.g. 500ms, 2s (at most 60s) [default: check once].
     #[arg(long, value_name = "DURATION", requires = "min_position", value_parser = parse_query_wait)]
     pub wait: Option<std::time::Duration>,

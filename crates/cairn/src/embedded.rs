@@ -29,6 +29,8 @@ pub struct ServerConfig {
     /// API tokens (shared with whoever reloads them) and whether /metrics is public.
     pub auth: Arc<cairn_server::auth::Auth>,
     pub request_limits: cairn_server::limits::RequestLimits,
+    /// The event store on PostgreSQL; `None`: the embedded SQLite in `data_dir`.
+    pub database: Option<crate::backend::DatabaseSettings>,
 }
 
 /// The read side to run: without projections and queries, none is started (no
@@ -41,6 +43,10 @@ pub struct ReadSideConfig {
     pub cache_bytes: u64,
     /// How many events a projection gathers into one transaction when it is behind.
     pub batch_size: usize,
+    /// Refuse to start while any plan warning stands.
+    pub strict_plans: bool,
+    /// Log queries and statements slower than this; `None`: never.
+    pub slow_query_threshold: Option<Duration>,
 }
 
 impl Default for ReadSideConfig {
@@ -50,6 +56,8 @@ impl Default for ReadSideConfig {
             queries: Vec::new(),
             cache_bytes: crate::settings::DEFAULT_QUERY_CACHE_BYTES,
             batch_size: crate::settings::DEFAULT_PROJECTION_BATCH_SIZE,
+            strict_plans: false,
+            slow_query_threshold: Some(cairn_projection::DEFAULT_SLOW_QUERY_THRESHOLD),
         }
     }
 }
@@ -73,15 +81,20 @@ pub struct RunningServer {
 impl RunningServer {
     /// Opens the store, binds the listener and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        let mut options = SqliteOptions::new(config.data_dir.clone());
-        options.read_connections = config.read_connections;
-        options.idempotency_window = config.idempotency_window;
-        let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
-            .await
-            .context("opening the store panicked")?
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        let store: SharedStore = Arc::new(store);
+        let store: SharedStore = match &config.database {
+            Some(database) => database.open(config.idempotency_window).await?,
+            None => {
+                let mut options = SqliteOptions::new(config.data_dir.clone());
+                options.read_connections = config.read_connections;
+                options.idempotency_window = config.idempotency_window;
+                let data_dir = config.data_dir.clone();
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
+                    .await
+                    .context("opening the store panicked")?
+                    .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+                Arc::new(store)
+            }
+        };
         let read_side = if config.read_side.is_empty() {
             None
         } else {
@@ -90,6 +103,8 @@ impl RunningServer {
             options.read_connections = config.read_connections;
             options.cache_bytes = read_side.cache_bytes;
             options.batch_size = read_side.batch_size;
+            options.strict_plans = read_side.strict_plans;
+            options.slow_query_threshold = read_side.slow_query_threshold.unwrap_or(Duration::MAX);
             let started = ReadSide::start(
                 store.clone(),
                 options,

@@ -5,6 +5,7 @@
 //! wires and prints; everything else lives in the library crates.
 
 pub mod auth_settings;
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod embedded;
@@ -47,7 +48,7 @@ pub fn main() -> ExitCode {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => commands::serve::run(args).await,
+        Command::Serve(args) => commands::serve::run(*args).await,
         Command::Append(args) => commands::append::run(args).await,
         Command::Read(args) => commands::read::run(args).await,
         Command::Streams(args) => commands::streams::run(args).await,

@@ -74,6 +74,8 @@ pub struct RawSettings {
     pub max_json_depth: Option<usize>,
     pub query_cache_bytes: Option<u64>,
     pub projection_batch_size: Option<usize>,
+    pub strict_plans: Option<bool>,
+    pub slow_query_threshold: Option<String>,
     /// File only.
     pub projections: Option<Vec<ProjectionConfig>>,
     /// File only.
@@ -87,6 +89,9 @@ pub struct RawSettings {
     pub insecure_no_auth: Option<bool>,
     /// File only: the API tokens.
     pub auth: Option<crate::auth_settings::RawAuth>,
+    pub database_url: Option<String>,
+    pub replica_urls: Option<Vec<String>>,
+    pub pool_size: Option<usize>,
 }
 
 impl RawSettings {
@@ -105,6 +110,8 @@ impl RawSettings {
         "max_json_depth",
         "query_cache_bytes",
         "projection_batch_size",
+        "strict_plans",
+        "slow_query_threshold",
         "max_concurrent_requests",
         "rate_limit_per_second",
         "rate_limit_burst",
@@ -112,6 +119,9 @@ impl RawSettings {
         "header_read_timeout",
         "metrics_public",
         "insecure_no_auth",
+        "database_url",
+        "replica_urls",
+        "pool_size",
     ];
 
     /// The arrays of tables the file may hold (file only: no flag, no variable).
@@ -144,6 +154,8 @@ impl RawSettings {
             max_json_depth: args.max_json_depth,
             query_cache_bytes: args.query_cache_bytes,
             projection_batch_size: args.projection_batch_size,
+            strict_plans: args.strict_plans.then_some(true),
+            slow_query_threshold: args.slow_query_threshold.clone(),
             projections: None,
             queries: None,
             max_concurrent_requests: args.max_concurrent_requests,
@@ -154,6 +166,9 @@ impl RawSettings {
             metrics_public: args.metrics_public.then_some(true),
             insecure_no_auth: args.insecure_no_auth.then_some(true),
             auth: None,
+            database_url: args.database_url.clone(),
+            replica_urls: (!args.replica_urls.is_empty()).then(|| args.replica_urls.clone()),
+            pool_size: args.pool_size,
         }
     }
 }
@@ -176,6 +191,11 @@ pub struct Settings {
     /// How many events a projection gathers into one transaction when it is behind
     /// (one page of the log, or one live commit, is never split).
     pub projection_batch_size: usize,
+    /// Refuse to start while any plan warning stands.
+    pub strict_plans: bool,
+    /// Queries and projection statements slower than this are logged with their plan;
+    /// `None`: the slow-query log is off (`0s`).
+    pub slow_query_threshold: Option<Duration>,
     /// The read side's projections and queries, checked (names, placeholders,
     /// parameters), from the file.
     pub projections: Vec<ProjectionConfig>,
@@ -190,6 +210,8 @@ pub struct Settings {
     pub metrics_public: bool,
     /// Serve a non-loopback address without tokens.
     pub insecure_no_auth: bool,
+    /// The event store on PostgreSQL instead of the embedded SQLite.
+    pub database: Option<crate::backend::DatabaseSettings>,
 }
 
 /// Where a value came from, for error messages.
@@ -347,6 +369,20 @@ impl Settings {
             "projection_batch_size",
             DEFAULT_PROJECTION_BATCH_SIZE,
         )?;
+        let strict_plans =
+            pick(&over.strict_plans, &file.strict_plans).is_some_and(|(value, _)| *value);
+        let slow_query_threshold =
+            match pick(&over.slow_query_threshold, &file.slow_query_threshold) {
+                Some((value, from_file)) => parse_duration(value).map_err(|error| {
+                    anyhow::anyhow!(
+                        "invalid {}: {error}",
+                        origin("slow-query-threshold", "slow_query_threshold").describe(from_file)
+                    )
+                })?,
+                None => cairn_projection::DEFAULT_SLOW_QUERY_THRESHOLD,
+            };
+        let slow_query_threshold =
+            (!slow_query_threshold.is_zero()).then_some(slow_query_threshold);
         // File only: what the command line holds here is ignored by construction.
         let projections = file.projections.clone().unwrap_or_default();
         let queries = file.queries.clone().unwrap_or_default();
@@ -410,6 +446,27 @@ impl Settings {
             pick(&over.metrics_public, &file.metrics_public).is_some_and(|(value, _)| *value);
         let insecure_no_auth =
             pick(&over.insecure_no_auth, &file.insecure_no_auth).is_some_and(|(value, _)| *value);
+        let database = crate::backend::DatabaseSettings::resolve(
+            pick(&over.database_url, &file.database_url).map(|(value, from_file)| {
+                (
+                    value.as_str(),
+                    origin("database-url", "database_url").describe(from_file),
+                )
+            }),
+            pick(&over.replica_urls, &file.replica_urls).map(|(values, from_file)| {
+                (
+                    values.as_slice(),
+                    origin("replica-url", "replica_urls").describe(from_file),
+                )
+            }),
+            positive(
+                &over.pool_size,
+                &file.pool_size,
+                "pool-size",
+                "pool_size",
+                crate::backend::DEFAULT_POOL_SIZE,
+            )?,
+        )?;
         Ok(Settings {
             listen,
             data_dir,
@@ -421,6 +478,8 @@ impl Settings {
             limits,
             query_cache_bytes,
             projection_batch_size,
+            strict_plans,
+            slow_query_threshold,
             projections,
             queries,
             config_file: file_path.map(Path::to_path_buf),
@@ -428,6 +487,7 @@ impl Settings {
             request_limits,
             metrics_public,
             insecure_no_auth,
+            database,
         })
     }
 
@@ -448,6 +508,8 @@ impl Settings {
             "max_json_depth": self.limits.max_json_depth,
             "query_cache_bytes": self.query_cache_bytes,
             "projection_batch_size": self.projection_batch_size,
+            "strict_plans": self.strict_plans,
+            "slow_query_threshold": self.slow_query_threshold.map_or_else(|| "0s".to_owned(), format_duration),
             "projections": self.projections.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             "queries": self.queries.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
             "max_concurrent_requests": self.request_limits.max_concurrent_requests,
@@ -458,6 +520,9 @@ impl Settings {
             "metrics_public": self.metrics_public,
             "insecure_no_auth": self.insecure_no_auth,
             "tokens": self.tokens.len(),
+            "database_url": self.database.as_ref().map(|database| database.redacted_url()),
+            "replica_urls": self.database.as_ref().map_or_else(Vec::new, |database| database.redacted_replica_urls()),
+            "pool_size": self.database.as_ref().map_or(crate::backend::DEFAULT_POOL_SIZE, |database| database.pool_size),
         })
     }
 }

@@ -204,3 +204,69 @@ async fn projections_are_listed_restarted_and_rebuilt() {
     assert_eq!(error.code(), Some(ErrorCode::NotFound));
     assert_eq!(error.body().unwrap().error.details["projection"], "nope");
 }
+
+#[tokio::test]
+async fn plans_and_query_statuses_come_back_typed() {
+    let server = ReadSideServer::start().await;
+    let client = Client::new(&server.url).unwrap();
+    client
+        .append(
+            "note-1",
+            ExpectedVersion::Any,
+            vec![event(
+                "NoteWritten",
+                json!({"id": "n-1", "author": "a b", "text": "t"}),
+            )],
+        )
+        .await
+        .unwrap();
+
+    let plan = client
+        .query_plan("notes_by_author", std::iter::empty::<(&str, &str)>(), false)
+        .await
+        .unwrap();
+    assert_eq!(plan.query, "notes_by_author");
+    assert!(plan.text.starts_with("QUERY PLAN"), "{}", plan.text);
+    assert!(plan.analysis.is_none());
+    assert_eq!(plan.warnings.len(), 1, "{plan:?}");
+    assert_eq!(
+        plan.warnings[0].suggestion.as_deref(),
+        Some("CREATE INDEX IF NOT EXISTS notes_by_author_id ON notes (author, id)")
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let plan = client
+            .query_plan("notes_by_author", [("author", "a b")], true)
+            .await
+            .unwrap();
+        if plan.analysis.unwrap().rows_returned == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the note never showed up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let error = client
+        .query_plan("notes_by_author", [("colour", "red")], false)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidRequest));
+    assert_eq!(error.body().unwrap().error.details["parameter"], "colour");
+    let error = client
+        .query_plan("nope", std::iter::empty::<(&str, &str)>(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotFound));
+
+    let list = client.queries().await.unwrap();
+    assert_eq!(list.queries.len(), 1);
+    let status = client.query_status("notes_by_author").await.unwrap();
+    assert_eq!(status, list.queries[0]);
+    assert_eq!(status.params, ["author"]);
+    assert_eq!(status.plan_warnings, plan.warnings);
+    let error = client.query_status("nope").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotFound));
+    let projection = client.projection("notes").await.unwrap();
+    assert!(projection.plan_warnings.is_empty(), "{projection:?}");
+}

@@ -831,3 +831,29 @@ async fn read_models_ahead_of_the_log_are_not_followed_blindly() {
     );
     read_side.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_query_depends_only_on_the_tables_it_reads_not_on_words_in_its_sql() {
+    // `items` is a column alias here, not a table: the query reads `seen` only, so a
+    // failed `strict` (whose table is `items`) does not hold its position back.
+    let config = ITEMS.replace(
+        "sql = \"SELECT count(*) AS n FROM seen\"",
+        "sql = \"SELECT count(*) AS items FROM seen\"",
+    );
+    let harness = Harness::start(&config).await;
+    let head = append_events(&harness.store, "item-1", vec![item("a"), item("a")]).await;
+    assert_eq!(
+        harness.settle("strict").await.state,
+        ProjectionState::Failed
+    );
+    harness.settle("seen").await;
+    let seen = harness
+        .try_query("seen", &[], Some(head), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (seen.rows[0]["items"].clone(), seen.position),
+        (json!(2), head)
+    );
+    harness.read_side.shutdown().await;
+}

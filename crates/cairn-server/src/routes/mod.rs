@@ -33,13 +33,16 @@ pub const PROJECTION: &str = "/v1/projections/{name}";
 pub const PROJECTION_RESTART: &str = "/v1/projections/{name}/restart";
 pub const PROJECTION_REBUILD: &str = "/v1/projections/{name}/rebuild";
 pub const QUERY: &str = "/v1/queries/{name}";
+pub const QUERIES: &str = "/v1/queries";
+pub const QUERY_STATUS: &str = "/v1/queries/{name}/status";
+pub const QUERY_PLAN: &str = "/v1/queries/{name}/plan";
 pub const HEALTH_LIVE: &str = "/health/live";
 pub const HEALTH_READY: &str = "/health/ready";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 
 /// Every route template, as used for the `route` metric label.
-pub const ROUTES: [&str; 21] = [
+pub const ROUTES: [&str; 24] = [
     STREAM_EVENTS,
     STREAM,
     STREAMS,
@@ -57,6 +60,9 @@ pub const ROUTES: [&str; 21] = [
     PROJECTION_RESTART,
     PROJECTION_REBUILD,
     QUERY,
+    QUERIES,
+    QUERY_STATUS,
+    QUERY_PLAN,
     HEALTH_LIVE,
     HEALTH_READY,
     METRICS,
@@ -99,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .route(PROJECTION_RESTART, post(projections::restart_projection))
         .route(PROJECTION_REBUILD, post(projections::rebuild_projection))
         .route(QUERY, get(queries::query))
+        .route(QUERIES, get(queries::list_queries))
+        .route(QUERY_STATUS, get(queries::query_status))
+        .route(QUERY_PLAN, get(queries::query_plan))
         .route(HEALTH_LIVE, get(ops::live))
         .route(HEALTH_READY, get(ops::ready))
         .route(METRICS, get(ops::metrics))

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use cairn_api::{ErrorBody, Health};
+use cairn_api::{ErrorBody, Health, ReplicaHealth};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::AppState;
@@ -33,7 +33,7 @@ pub async fn live() -> Response {
     tag = "operations",
     operation_id = "health_ready",
     responses(
-        (status = 200, description = "Ready; `head_position` is the last committed position.", body = Health),
+        (status = 200, description = "Ready; `head_position` is the last committed position; `replicas` (PostgreSQL with read replicas only): each replica's state and lag in positions.", body = Health),
         (status = 500, description = "`internal`: an unexpected failure.", body = ErrorBody),
         (status = 503, description = "`unavailable`: storage is not ready. Retry after `Retry-After` seconds.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -51,10 +51,26 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 status: "ok".to_owned(),
                 head_position: Some(head_position),
                 reason: None,
+                replicas: replica_health(state.store.replica_status()),
             },
         ),
         Err(error) => ApiError::unavailable(&format!("not ready: {error}")).into_response(),
     }
+}
+
+/// The replicas as `/health/ready` shows them; `None` (left out) without any.
+fn replica_health(replicas: Vec<cairn_store::ReplicaHealth>) -> Option<Vec<ReplicaHealth>> {
+    (!replicas.is_empty()).then(|| {
+        replicas
+            .into_iter()
+            .map(|replica| ReplicaHealth {
+                replica: replica.label,
+                up: replica.up,
+                replayed_position: replica.replayed_position,
+                lag_positions: replica.lag,
+            })
+            .collect()
+    })
 }
 
 /// Prometheus metrics, text format.

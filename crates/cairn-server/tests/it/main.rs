@@ -9,6 +9,7 @@ mod ops;
 mod props;
 mod read;
 mod read_side;
+mod read_side_plans;
 mod subscribe;
 mod timeouts;
 

@@ -84,7 +84,7 @@ async fn metrics_are_labelled_by_route_template() {
     );
 }
 
-const DOCUMENTED: [(&str, &str); 26] = [
+const DOCUMENTED: [(&str, &str); 29] = [
     ("/v1/streams/{stream}/events", "post"),
     ("/v1/streams/{stream}/events", "get"),
     ("/v1/streams/{stream}", "get"),
@@ -107,6 +107,9 @@ const DOCUMENTED: [(&str, &str); 26] = [
     ("/v1/projections/{name}/restart", "post"),
     ("/v1/projections/{name}/rebuild", "post"),
     ("/v1/queries/{name}", "get"),
+    ("/v1/queries", "get"),
+    ("/v1/queries/{name}/status", "get"),
+    ("/v1/queries/{name}/plan", "get"),
     ("/health/live", "get"),
     ("/health/ready", "get"),
     ("/metrics", "get"),

@@ -101,6 +101,14 @@ const LIVE_FEED_CAPACITY: usize = 512;
 /// How often expired idempotency keys are removed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Checks, without connecting, that `url` is a connection URL or `key=value` string
+/// that PostgreSQL's client accepts. The error names what is wrong, never the password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
 /// How to connect the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -414,6 +422,18 @@ impl Drop for PostgresStore {
 
 #[async_trait]
 impl EventStore for PostgresStore {
+    fn replica_status(&self) -> Vec<crate::ReplicaHealth> {
+        self.replicas()
+            .into_iter()
+            .map(|replica| crate::ReplicaHealth {
+                label: replica.label,
+                up: replica.up,
+                replayed_position: replica.replayed_position,
+                lag: replica.lag,
+            })
+            .collect()
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Append { request, reply }).await?;

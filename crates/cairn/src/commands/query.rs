@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cairn_client::QueryResponse;
+use cairn_client::{QueryPlan, QueryResponse};
 use serde_json::Value;
 
 use crate::cli::QueryArgs;
@@ -13,6 +13,9 @@ use crate::commands::{JsonLines, client};
 const MAX_COLUMN_WIDTH: usize = 48;
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
+    if args.explain {
+        return explain(args).await;
+    }
     let response = client(&args.client)?
         .query(
             &args.name,
@@ -30,6 +33,43 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         out.write_str(&line)?;
     }
     out.flush()
+}
+
+/// `--explain [--analyze]`: the plan as text on a terminal, as JSON otherwise.
+async fn explain(args: QueryArgs) -> anyhow::Result<()> {
+    let plan = client(&args.client)?
+        .query_plan(
+            &args.name,
+            args.params.iter().map(|(name, value)| (name, value)),
+            args.analyze,
+        )
+        .await?;
+    let mut out = JsonLines::stdout();
+    if !text_output(args.format) {
+        out.write(&plan)?;
+        return out.flush();
+    }
+    for line in plan_text(&plan) {
+        out.write_str(&line)?;
+    }
+    out.flush()
+}
+
+/// The plan tree, then the run's duration and row count, then each warning.
+pub fn plan_text(plan: &QueryPlan) -> Vec<String> {
+    let mut lines: Vec<String> = plan.text.lines().map(str::to_owned).collect();
+    if let Some(analysis) = &plan.analysis {
+        lines.push(format!(
+            "ran in {:.3} ms, {} row{} returned",
+            analysis.duration_ms,
+            analysis.rows_returned,
+            if analysis.rows_returned == 1 { "" } else { "s" }
+        ));
+    }
+    for warning in &plan.warnings {
+        lines.push(format!("warning: {}", warning.message));
+    }
+    lines
 }
 
 /// The rows as an aligned table (columns in the rows' key order, numbers to the right),
@@ -143,5 +183,28 @@ mod tests {
             position: 3,
         };
         assert_eq!(table(&empty), ["(0 rows, position 3)"]);
+    }
+
+    #[test]
+    fn a_plan_reads_as_the_tree_the_run_and_the_warnings() {
+        let plan: QueryPlan = serde_json::from_value(serde_json::json!({
+            "query": "q",
+            "sql": "SELECT id FROM t WHERE a = ?1",
+            "rows": [{"id": 2, "parent": 0, "detail": "SCAN t"}],
+            "text": "QUERY PLAN\n`--SCAN t",
+            "warnings": [{"subject": "query q", "kind": "full_scan", "table": "t", "columns": ["a"],
+                "suggestion": "CREATE INDEX IF NOT EXISTS t_by_a ON t (a)", "message": "query q reads every row of table t"}],
+            "analysis": {"duration_ms": 1.25, "rows_returned": 1},
+        }))
+        .unwrap();
+        assert_eq!(
+            plan_text(&plan),
+            [
+                "QUERY PLAN",
+                "`--SCAN t",
+                "ran in 1.250 ms, 1 row returned",
+                "warning: query q reads every row of table t",
+            ]
+        );
     }
 }

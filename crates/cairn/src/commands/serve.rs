@@ -39,17 +39,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         idempotency_window: settings.idempotency_window,
         request_timeout: settings.request_timeout,
         limits: settings.limits.clone(),
+        database: settings.database.clone(),
         read_side: ReadSideConfig {
             projections: settings.projections.clone(),
             queries: settings.queries.clone(),
             cache_bytes: settings.query_cache_bytes,
             batch_size: settings.projection_batch_size,
+            strict_plans: settings.strict_plans,
+            slow_query_threshold: settings.slow_query_threshold,
         },
     })
     .await?;
+    if settings.database.is_some() && !settings.projections.is_empty() {
+        tracing::warn!(
+            data_dir = %settings.data_dir.display(),
+            "projections keep their read models in readmodels.db in --data-dir of this instance \
+             (read models on PostgreSQL are not supported yet): run them on one instance only"
+        );
+    }
     tracing::info!(
         listen = %server.local_addr,
         data_dir = %settings.data_dir.display(),
+        store = if settings.database.is_some() { "postgres" } else { "sqlite" },
+        database_url = settings.database.as_ref().map(|database| database.redacted_url()),
+        replica_urls = ?settings.database.as_ref().map(|database| database.redacted_replica_urls()),
         projections = settings.projections.len(),
         queries = settings.queries.len(),
         tokens = settings.tokens.len(),

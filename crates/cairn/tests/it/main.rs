@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod groups;
 mod metrics_catalogue;
+mod plans;
+mod postgres;
 mod projection_crash;
 mod read_side;
 mod settings;

@@ -178,6 +178,8 @@ fn the_example_file_parses_lists_every_key_and_states_the_defaults() {
         defaults.to_json(),
         "the example states the defaults"
     );
+    assert_eq!(from_example.to_json()["strict_plans"], false);
+    assert_eq!(from_example.to_json()["slow_query_threshold"], "50ms");
 
     // The read side's tables are there, commented out, and valid once uncommented.
     for table in RawSettings::TABLES {

@@ -124,6 +124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 limits: cairn_server::Limits::default(),
                 auth: Default::default(),
                 request_limits: Default::default(),
+                database: None,
                 read_side: if query::needs_read_side(&args) {
                     query::embedded_read_side(&args)?
                 } else {
