@@ -60,17 +60,22 @@ pub fn stream_page(slice: &StreamSlice) -> Vec<u8> {
     out
 }
 
-/// `{"events":[...],"next_from_position":N,"head_position":N}`
-pub fn log_page(slice: &LogSlice) -> Vec<u8> {
+/// `{"events":[...],"next_from_position":N`: the part of a log page that never changes
+/// once the page is sealed; `finish_log_page` completes it.
+pub fn log_page_without_head(slice: &LogSlice) -> Vec<u8> {
     let mut out = buffer_for(&slice.events);
     out.push(b'{');
     write_events(&mut out, &slice.events);
     out.extend_from_slice(b",\"next_from_position\":");
     out.extend_from_slice(slice.next_from_position.to_string().as_bytes());
-    out.extend_from_slice(b",\"head_position\":");
-    out.extend_from_slice(slice.head_position.to_string().as_bytes());
-    out.push(b'}');
     out
+}
+
+/// Appends `,"head_position":N}` to `log_page_without_head`'s output.
+pub fn finish_log_page(out: &mut Vec<u8>, head_position: u64) {
+    out.extend_from_slice(b",\"head_position\":");
+    out.extend_from_slice(head_position.to_string().as_bytes());
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -104,11 +109,12 @@ mod tests {
         assert_eq!(parsed.next, Some(2));
         assert_eq!(parsed.events[1].recorded_at, "2026-11-24T05:31:30.123456Z");
 
-        let page = log_page(&LogSlice {
+        let mut page = log_page_without_head(&LogSlice {
             events: vec![],
             next_from_position: 5,
             head_position: 4,
         });
+        finish_log_page(&mut page, 4);
         let parsed: cairn_api::ReadAllResponse = serde_json::from_slice(&page).unwrap();
         assert_eq!((parsed.next_from_position, parsed.head_position), (5, 4));
 

@@ -27,6 +27,7 @@ mod listen;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod page_cache;
 mod read_side;
 pub mod routes;
 pub mod sse;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Concurrency, rate and subscription limits.
     pub guard: Arc<limits::Guard>,
+    /// Sealed pages of stream and global reads (64 MiB by default).
+    pub event_pages: Arc<page_cache::EventPageCache>,
 }
 
 impl AppState {
@@ -103,6 +106,7 @@ impl AppState {
             read_side: None,
             auth: Arc::new(auth::Auth::default()),
             guard: Arc::new(limits::Guard::default()),
+            event_pages: Arc::new(page_cache::EventPageCache::default()),
         })
     }
 
@@ -121,6 +125,13 @@ impl AppState {
     /// The same state with these request limits (before serving).
     pub fn with_request_limits(mut self, limits: limits::RequestLimits) -> Self {
         self.guard = Arc::new(limits::Guard::new(limits));
+        self
+    }
+
+    /// The same state caching about `bytes` of sealed event pages; 0 turns the cache
+    /// off (before serving).
+    pub fn with_event_page_cache_bytes(mut self, bytes: u64) -> Self {
+        self.event_pages = Arc::new(page_cache::EventPageCache::new(bytes));
         self
     }
 

@@ -18,6 +18,10 @@ pub const SUBSCRIPTION_EVENTS_TOTAL: &str = "cairn_subscription_events_total";
 /// Counter `{reason}`: SSE subscribers the server dropped (`slow_consumer`: the client
 /// did not read fast enough).
 pub const SUBSCRIPTIONS_DROPPED_TOTAL: &str = "cairn_subscriptions_dropped_total";
+/// Counter `{route}`: sealed event pages served from the cache.
+pub const EVENT_PAGE_CACHE_HITS_TOTAL: &str = "cairn_event_page_cache_hits_total";
+/// Counter `{route}`: cacheable event pages read from the store.
+pub const EVENT_PAGE_CACHE_MISSES_TOTAL: &str = "cairn_event_page_cache_misses_total";
 
 // The store's histograms (`cairn_store::metrics`) get their buckets here, where the
 // recorder is built.
@@ -134,6 +138,14 @@ fn describe() {
     metrics::describe_counter!(
         cairn_store::metrics::GROUP_PARKED,
         "Events parked after their last delivery, by group."
+    );
+    metrics::describe_counter!(
+        EVENT_PAGE_CACHE_HITS_TOTAL,
+        "Sealed pages of events served from the cache, by route."
+    );
+    metrics::describe_counter!(
+        EVENT_PAGE_CACHE_MISSES_TOTAL,
+        "Pages of events read from the store while the page cache is on, by route."
     );
     describe_read_side();
 }

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
+use bytes::Bytes;
 use cairn_api::{ErrorBody, MultiAppendRequest, MultiAppendResponse, ReadAllResponse};
 use http::StatusCode;
 
@@ -12,6 +13,7 @@ use crate::encode;
 use crate::error::{ApiError, json_response};
 use crate::extract::{ReadAllQuery, WriteContext, decode_json, read_body};
 use crate::openapi::ServerErrors;
+use crate::page_cache::CachedPage;
 
 /// Append events to one or more streams atomically, with optional per-stream expected
 /// versions and an optional condition on the global log.
@@ -75,9 +77,38 @@ pub async fn read_all(
     State(state): State<AppState>,
     query: ReadAllQuery,
 ) -> Result<Response, ApiError> {
+    let pages = &state.event_pages;
+    if let Some(page) = pages.log_page(query.from_position, query.limit, &query.filter) {
+        // The head is live; a sealed page's events are all committed, so it is at
+        // least the page's last position.
+        let head = state
+            .store
+            .head_position()
+            .await?
+            .max(page.next_from_position.saturating_sub(1));
+        let mut body = Vec::with_capacity(page.body.len() + 40);
+        body.extend_from_slice(&page.body);
+        encode::finish_log_page(&mut body, head);
+        return Ok(json_response(StatusCode::OK, body));
+    }
     let slice = state
         .store
         .read_all(query.from_position, &query.filter, query.limit)
         .await?;
-    Ok(json_response(StatusCode::OK, encode::log_page(&slice)))
+    let mut body = encode::log_page_without_head(&slice);
+    // Exactly `limit` events: every position up to the page's end is committed and
+    // was scanned (positions are gapless), so the page never changes.
+    if pages.enabled() && query.limit > 0 && slice.events.len() == query.limit {
+        pages.keep_log_page(
+            query.from_position,
+            query.limit,
+            &query.filter,
+            CachedPage {
+                body: Bytes::copy_from_slice(&body),
+                next_from_position: slice.next_from_position,
+            },
+        );
+    }
+    encode::finish_log_page(&mut body, slice.head_position);
+    Ok(json_response(StatusCode::OK, body))
 }

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use cairn_api::{
     AppendRequest, AppendResponse, ErrorBody, ReadStreamResponse, StreamInfo, StreamList,
 };
@@ -18,6 +19,7 @@ use crate::extract::{
 };
 use crate::middleware::Commitment;
 use crate::openapi::{ReadDirection, ServerErrors};
+use crate::page_cache::EventPageCache;
 
 /// Append events to one stream, atomically.
 #[utoipa::path(
@@ -90,11 +92,28 @@ pub async fn read_stream(
     StreamPath(stream): StreamPath,
     query: ReadStreamQuery,
 ) -> Result<Response, ApiError> {
+    let pages = &state.event_pages;
+    if let Some(body) = pages.stream_page(stream.as_str(), query.from, query.limit, query.direction)
+    {
+        return Ok(json_response(StatusCode::OK, body));
+    }
     let slice = state
         .store
         .read_stream(&stream, query.from, query.direction, query.limit)
         .await?;
-    Ok(json_response(StatusCode::OK, encode::stream_page(&slice)))
+    let body = Bytes::from(encode::stream_page(&slice));
+    if pages.enabled()
+        && EventPageCache::stream_page_is_sealed(query.from, query.direction, slice.next)
+    {
+        pages.keep_stream_page(
+            stream.as_str(),
+            query.from,
+            query.limit,
+            query.direction,
+            body.clone(),
+        );
+    }
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// A stream's head: its last version and position, when it was created and updated.
@@ -160,6 +179,7 @@ pub async fn delete_stream(
         .store
         .delete_stream(&stream, query.expected_version)
         .await?;
+    state.event_pages.stream_deleted(stream.as_str());
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

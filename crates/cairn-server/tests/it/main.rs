@@ -6,6 +6,7 @@ mod auth;
 mod groups;
 mod malformed;
 mod ops;
+mod page_cache;
 mod props;
 mod read;
 mod read_side;
