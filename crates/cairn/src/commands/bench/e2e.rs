@@ -22,8 +22,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BenchResult, BodyTemplate, COUNTER_DIGITS, Counters, Latency, ProgressKind, bench_http,
-    keep_samples, micros_since, new_histogram, post_json, round, show_progress, target,
+    BenchResult, BodyTemplate, COUNTER_DIGITS, Counters, Latency, Measured, ProgressKind,
+    bench_http, keep_samples, micros_since, new_histogram, post_json, round, show_progress,
     wait_until_ready,
 };
 use crate::cli::BenchArgs;
@@ -214,22 +214,7 @@ pub(super) async fn measure(
     let requests = counters.requests.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     let delivered = counters.delivered.load(Ordering::Relaxed);
-    let seconds = append_elapsed.as_secs_f64().max(f64::EPSILON);
     Ok(BenchResult {
-        scenario: args.scenario.as_str(),
-        target: target(base_url, embedded),
-        clients: args.clients,
-        duration_s: args.duration.as_secs_f64(),
-        payload_bytes: args.payload_bytes,
-        events_per_request: 1,
-        elapsed_s: round(seconds, 3),
-        requests,
-        events: appended,
-        errors,
-        requests_per_s: round(requests as f64 / seconds, 1),
-        events_per_s: round(appended as f64 / seconds, 1),
-        latency_ms: Latency::of(&histogram),
-        error_samples,
         e2e: Some(E2eFigures {
             rate: args.rate,
             subscribers: args.subscribers,
@@ -239,9 +224,19 @@ pub(super) async fn measure(
             reconnects,
             append_latency_ms: Latency::of(&append_histogram),
         }),
-        group: None,
-        query: None,
-        visibility: None,
+        ..BenchResult::from_measured(Measured {
+            args,
+            base_url,
+            embedded,
+            clients: args.clients,
+            events_per_request: 1,
+            elapsed: append_elapsed,
+            requests,
+            events: appended,
+            errors,
+            histogram: &histogram,
+            error_samples,
+        })
     })
 }
 

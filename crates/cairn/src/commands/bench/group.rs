@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, ProgressKind, bench_http,
-    keep_samples, micros_since, new_histogram, post_json, round, show_progress, target,
+    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
+    bench_http, keep_samples, micros_since, new_histogram, post_json, round, show_progress,
     wait_until_ready,
 };
 use crate::cli::BenchArgs;
@@ -192,23 +192,7 @@ pub(super) async fn measure(
     let requests = counters.requests.load(Ordering::Relaxed);
     let acked = counters.events.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
-    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
     Ok(BenchResult {
-        scenario: args.scenario.as_str(),
-        target: target(base_url, embedded),
-        clients: args.workers,
-        duration_s: args.duration.as_secs_f64(),
-        payload_bytes: args.payload_bytes,
-        events_per_request: usize::from(args.batch_size),
-        elapsed_s: round(seconds, 3),
-        requests,
-        events: acked,
-        errors,
-        requests_per_s: round(requests as f64 / seconds, 1),
-        events_per_s: round(acked as f64 / seconds, 1),
-        latency_ms: Latency::of(&claim_histogram),
-        error_samples,
-        e2e: None,
         group: Some(GroupFigures {
             workers: args.workers,
             batch: args.batch_size,
@@ -220,8 +204,19 @@ pub(super) async fn measure(
             complete: acked >= total,
             ack_latency_ms: Latency::of(&ack_histogram),
         }),
-        query: None,
-        visibility: None,
+        ..BenchResult::from_measured(Measured {
+            args,
+            base_url,
+            embedded,
+            clients: args.workers,
+            events_per_request: usize::from(args.batch_size),
+            elapsed,
+            requests,
+            events: acked,
+            errors,
+            histogram: &claim_histogram,
+            error_samples,
+        })
     })
 }
 

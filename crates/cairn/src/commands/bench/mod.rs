@@ -263,27 +263,61 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
     let requests = counters.requests.load(Ordering::Relaxed);
     let events = counters.events.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
-    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
-    Ok(BenchResult {
-        scenario: args.scenario.as_str(),
-        target: target(base_url, embedded),
+    Ok(BenchResult::from_measured(Measured {
+        args,
+        base_url,
+        embedded,
         clients: args.clients,
-        duration_s: args.duration.as_secs_f64(),
-        payload_bytes: args.payload_bytes,
         events_per_request,
-        elapsed_s: round(seconds, 3),
+        elapsed,
         requests,
         events,
         errors,
-        requests_per_s: round(requests as f64 / seconds, 1),
-        events_per_s: round(events as f64 / seconds, 1),
-        latency_ms: Latency::of(&histogram),
+        histogram: &histogram,
         error_samples,
-        e2e: None,
-        group: None,
-        query: None,
-        visibility: None,
-    })
+    }))
+}
+
+/// What every scenario measures, in one place: counts over the elapsed time and the
+/// latency histogram. A scenario adds its own figures with struct-update syntax.
+pub struct Measured<'a> {
+    pub args: &'a BenchArgs,
+    pub base_url: &'a str,
+    pub embedded: bool,
+    pub clients: u32,
+    pub events_per_request: usize,
+    pub elapsed: Duration,
+    pub requests: u64,
+    pub events: u64,
+    pub errors: u64,
+    pub histogram: &'a Histogram<u64>,
+    pub error_samples: Vec<String>,
+}
+
+impl BenchResult {
+    pub fn from_measured(measured: Measured<'_>) -> Self {
+        let seconds = measured.elapsed.as_secs_f64().max(f64::EPSILON);
+        Self {
+            scenario: measured.args.scenario.as_str(),
+            target: target(measured.base_url, measured.embedded),
+            clients: measured.clients,
+            duration_s: measured.args.duration.as_secs_f64(),
+            payload_bytes: measured.args.payload_bytes,
+            events_per_request: measured.events_per_request,
+            elapsed_s: round(seconds, 3),
+            requests: measured.requests,
+            events: measured.events,
+            errors: measured.errors,
+            requests_per_s: round(measured.requests as f64 / seconds, 1),
+            events_per_s: round(measured.events as f64 / seconds, 1),
+            latency_ms: Latency::of(measured.histogram),
+            error_samples: measured.error_samples,
+            e2e: None,
+            group: None,
+            query: None,
+            visibility: None,
+        }
+    }
 }
 
 /// The target as reported: the URL, or `embedded`.

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::e2e::Schedule;
 use super::{
-    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, ProgressKind, WorkerOutcome,
-    bench_http, keep_samples, micros_since, new_histogram, post_json, round, show_progress, target,
-    wait_until_ready,
+    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
+    WorkerOutcome, bench_http, keep_samples, micros_since, new_histogram, post_json, round,
+    show_progress, wait_until_ready,
 };
 use crate::cli::BenchArgs;
 use crate::embedded::ReadSideConfig;
@@ -456,27 +456,10 @@ pub(super) async fn measure(
     let requests = counters.requests.load(Ordering::Relaxed);
     let answered = counters.events.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
-    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
     let per_second = |events: u64, time: Duration| {
         round(events as f64 / time.as_secs_f64().max(f64::EPSILON), 1)
     };
     Ok(BenchResult {
-        scenario: args.scenario.as_str(),
-        target: target(base_url, embedded),
-        clients: args.clients,
-        duration_s: args.duration.as_secs_f64(),
-        payload_bytes: args.payload_bytes,
-        events_per_request: 1,
-        elapsed_s: round(seconds, 3),
-        requests,
-        events: answered,
-        errors,
-        requests_per_s: round(requests as f64 / seconds, 1),
-        events_per_s: round(answered as f64 / seconds, 1),
-        latency_ms: Latency::of(&histogram),
-        error_samples,
-        e2e: None,
-        group: None,
         query: Some(QueryFigures {
             query: QUERY,
             keys: keyspace,
@@ -498,7 +481,19 @@ pub(super) async fn measure(
             replay_s: replay.map(|(seconds, _)| round(seconds, 3)),
             replay_events_per_s: replay.map(|(_, rate)| round(rate, 1)),
         }),
-        visibility: None,
+        ..BenchResult::from_measured(Measured {
+            args,
+            base_url,
+            embedded,
+            clients: args.clients,
+            events_per_request: 1,
+            elapsed,
+            requests,
+            events: answered,
+            errors,
+            histogram: &histogram,
+            error_samples,
+        })
     })
 }
 
@@ -733,31 +728,26 @@ pub(super) async fn measure_visibility(
         .lock()
         .map(|errors| errors.clone())
         .unwrap_or_default();
-    let seconds = append_elapsed.as_secs_f64().max(f64::EPSILON);
     Ok(BenchResult {
-        scenario: args.scenario.as_str(),
-        target: target(base_url, embedded),
-        clients: args.clients,
-        duration_s: args.duration.as_secs_f64(),
-        payload_bytes: args.payload_bytes,
-        events_per_request: 1,
-        elapsed_s: round(seconds, 3),
-        requests,
-        events: appended,
-        errors,
-        requests_per_s: round(requests as f64 / seconds, 1),
-        events_per_s: round(appended as f64 / seconds, 1),
-        latency_ms: Latency::of(&histogram),
-        error_samples,
-        e2e: None,
-        group: None,
-        query: None,
         visibility: Some(VisibilityFigures {
             rate: args.rate,
             visible,
             not_visible: appended.saturating_sub(visible),
             append_latency_ms: Latency::of(&append_histogram),
         }),
+        ..BenchResult::from_measured(Measured {
+            args,
+            base_url,
+            embedded,
+            clients: args.clients,
+            events_per_request: 1,
+            elapsed: append_elapsed,
+            requests,
+            events: appended,
+            errors,
+            histogram: &histogram,
+            error_samples,
+        })
     })
 }
 
