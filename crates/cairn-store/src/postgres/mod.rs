@@ -275,15 +275,24 @@ impl PostgresStore {
         *self.head.borrow()
     }
 
-    async fn send(&self, command: Command) -> Result<(), StoreError> {
+    /// Queues the command `make` builds around a reply channel and waits for the
+    /// writer's answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
         let commands = self
             .commands
             .as_ref()
             .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let (reply, answer) = oneshot::channel();
         commands
-            .send(command)
+            .send(make(reply))
             .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
     }
 
     /// Runs a read with the read timeout.
@@ -435,11 +444,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { request, reply }).await?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        self.ask(|reply| Command::Append { request, reply }).await
     }
 
     async fn read_stream(
@@ -483,16 +488,12 @@ impl EventStore for PostgresStore {
         stream: &StreamName,
         expected: ExpectedVersion,
     ) -> Result<Version, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Delete {
+        self.ask(|reply| Command::Delete {
             stream: stream.clone(),
             expected,
             reply,
         })
-        .await?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        .await
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
