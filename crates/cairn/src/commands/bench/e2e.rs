@@ -150,12 +150,7 @@ pub(super) async fn measure(
         ProgressKind::Deliveries,
         progress_done.clone(),
     ));
-    let schedule = Arc::new(Schedule {
-        started,
-        deadline,
-        interval_nanos: 1e9 / f64::from(args.rate),
-        next: AtomicU64::new(0),
-    });
+    let schedule = Schedule::new(started, deadline, args.rate);
     let appenders: Vec<_> = (0..clients)
         .map(|appender| {
             tokio::spawn(append_on_schedule(
@@ -249,6 +244,16 @@ pub(super) struct Schedule {
 }
 
 impl Schedule {
+    /// `rate` events a second from `started` until `deadline`.
+    pub(super) fn new(started: Instant, deadline: Instant, rate: u32) -> Arc<Self> {
+        Arc::new(Self {
+            started,
+            deadline,
+            interval_nanos: 1e9 / f64::from(rate),
+            next: AtomicU64::new(0),
+        })
+    }
+
     /// The next event's slot and when it is due, or `None` once the schedule is over
     /// (events still unsent at the deadline are not sent: the achieved rate shows it).
     pub(super) async fn next_due(&self) -> Option<u64> {

@@ -614,12 +614,7 @@ pub(super) async fn measure_visibility(
         ProgressKind::Deliveries,
         progress_done.clone(),
     ));
-    let schedule = Arc::new(Schedule {
-        started,
-        deadline,
-        interval_nanos: 1e9 / f64::from(args.rate),
-        next: std::sync::atomic::AtomicU64::new(0),
-    });
+    let schedule = Schedule::new(started, deadline, args.rate);
     let appenders: Vec<_> = (0..clients)
         .map(|appender| {
             let http = http.clone();
