@@ -130,6 +130,23 @@ impl SqliteStore {
         self.ask(|reply| Command::Write { work, reply }).await
     }
 
+    /// Like [`write`](Self::write), for work that answers with a value.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (value_tx, value_rx) = std::sync::mpsc::channel();
+        self.write(Box::new(move |connection, now| {
+            // The receiver waits below; a send can only fail if it is gone.
+            let _ = value_tx.send(work(connection, now)?);
+            Ok(())
+        }))
+        .await?;
+        value_rx
+            .try_recv()
+            .map_err(|_| StoreError::Internal("a committed write gave no answer".into()))
+    }
+
     /// Queues the command `make` builds around a reply channel and waits for the
     /// writer's answer.
     async fn ask<T>(
@@ -424,19 +441,16 @@ impl EventStore for SqliteStore {
 
     async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
-        let (found_tx, found_rx) = std::sync::mpsc::channel();
-        self.write(Box::new(move |connection, _| {
+        self.write_with(move |connection, _| {
             let removed = connection
                 .execute("DELETE FROM consumer_groups WHERE name = ?1", [&name])
                 .map_err(internal)?;
             connection
                 .execute("DELETE FROM parked_events WHERE group_name = ?1", [&name])
                 .map_err(internal)?;
-            let _ = found_tx.send(removed > 0);
-            Ok(())
-        }))
-        .await?;
-        Ok(found_rx.try_recv().unwrap_or(false))
+            Ok(removed > 0)
+        })
+        .await
     }
 
     async fn load_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
@@ -513,8 +527,7 @@ impl EventStore for SqliteStore {
         positions: Option<Vec<Position>>,
     ) -> Result<Vec<Position>, StoreError> {
         let name = name.to_owned();
-        let (marked_tx, marked_rx) = std::sync::mpsc::channel();
-        self.write(Box::new(move |connection, _| {
+        self.write_with(move |connection, _| {
             let candidates: Vec<i64> = match positions {
                 Some(positions) => positions.into_iter().map(|p| p as i64).collect(),
                 None => connection
@@ -535,11 +548,9 @@ impl EventStore for SqliteStore {
                     marked.push(position as Position);
                 }
             }
-            let _ = marked_tx.send(marked);
-            Ok(())
-        }))
-        .await?;
-        Ok(marked_rx.try_recv().unwrap_or_default())
+            Ok(marked)
+        })
+        .await
     }
 
     async fn remove_parked(&self, name: &str, positions: Vec<Position>) -> Result<(), StoreError> {
