@@ -18,6 +18,19 @@ pub enum ProjectionState {
     Stopped,
 }
 
+/// Read models on PostgreSQL, shared by several instances: which instance applies a
+/// projection's events (holds its advisory lock). The others serve its queries and
+/// report its status from the shared checkpoint, and take over within seconds when the
+/// owner stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionOwner {
+    /// The instance that answered drives the projection.
+    ThisInstance,
+    /// Another instance drives it (or none does at this moment, between owners).
+    AnotherInstance,
+}
+
 /// Why a projection stopped: the failing event and the read-model database's message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectionFailure {
@@ -55,6 +68,10 @@ pub struct ProjectionStatus {
     /// start and after every rebuild; each names the index that would avoid it.
     #[serde(default)]
     pub plan_warnings: Vec<PlanWarning>,
+    /// Read models on PostgreSQL: which instance drives the projection; absent on
+    /// SQLite, where the one server drives every projection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ProjectionOwner>,
 }
 
 /// `GET /v1/projections`: every configured projection, in configuration order.
@@ -175,6 +192,7 @@ mod tests {
             message: None,
             rebuild_progress: None,
             plan_warnings: vec![],
+            owner: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["state"], "failed");
@@ -185,8 +203,15 @@ mod tests {
             assert!(json[field].is_null(), "{field} is present and null");
             assert!(json.as_object().unwrap().contains_key(field));
         }
+        assert!(json.get("owner").is_none(), "no owner on SQLite");
         let back: ProjectionStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
+        let shared = ProjectionStatus {
+            owner: Some(ProjectionOwner::AnotherInstance),
+            ..status
+        };
+        let json = serde_json::to_value(&shared).unwrap();
+        assert_eq!(json["owner"], "another_instance");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use cairn_api::{
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED_HEADER, MultiAppendRequest, MultiAppendResponse,
     ReadAllResponse, ReadStreamResponse, StreamInfo, StreamList,
 };
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,6 +47,10 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     retry: RetryPolicy,
     pool_max_idle_per_host: Option<usize>,
+    /// PEM bundles of CA certificates trusted besides the system's roots.
+    ca_certificates: Vec<Vec<u8>>,
+    /// Sent as `Authorization: Bearer …` with every request.
+    bearer_token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -89,8 +93,43 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the CA certificates of this PEM text (one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks) for `https://` URLs, besides the system's
+    /// root certificates: for a server whose certificate a private CA signed. Text
+    /// without a certificate makes [`ClientBuilder::build`] fail.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificates.push(pem.into());
+        self
+    }
+
+    /// Sends this API token (`Authorization: Bearer <token>`) with every request.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
     pub fn build(self) -> Result<Client, ClientError> {
         let base = parse_base_url(&self.base_url)?;
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.bearer_token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Invalid("the API token holds characters a header cannot carry".into())
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let mut ca_certificates = Vec::new();
+        for pem in &self.ca_certificates {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+                ClientError::Invalid(format!("invalid CA certificate: {error}"))
+            })?;
+            if certificates.is_empty() {
+                return Err(ClientError::Invalid(
+                    "invalid CA certificate: no -----BEGIN CERTIFICATE----- block found".into(),
+                ));
+            }
+            ca_certificates.extend(certificates);
+        }
         let builder = || {
             let mut http = reqwest::Client::builder()
                 .connect_timeout(self.connect_timeout)
@@ -98,9 +137,13 @@ impl ClientBuilder {
                 // Below the server's default header read timeout (10 s), which also
                 // closes idle keep-alive connections: never reuse one it closed.
                 .pool_idle_timeout(std::time::Duration::from_secs(5))
-                .user_agent(concat!("cairn-client/", env!("CARGO_PKG_VERSION")));
+                .user_agent(concat!("cairn-client/", env!("CARGO_PKG_VERSION")))
+                .default_headers(headers.clone());
             if let Some(max) = self.pool_max_idle_per_host {
                 http = http.pool_max_idle_per_host(max);
+            }
+            for certificate in &ca_certificates {
+                http = http.add_root_certificate(certificate.clone());
             }
             http
         };
@@ -127,7 +170,7 @@ fn parse_base_url(base_url: &str) -> Result<Url, ClientError> {
     })?;
     if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
         return Err(ClientError::Invalid(format!(
-            "invalid Cairn URL {base_url:?}: expected http://host:port"
+            "invalid Cairn URL {base_url:?}: expected http://host:port or https://host:port"
         )));
     }
     Ok(base)
@@ -221,6 +264,8 @@ impl Client {
                 max_backoff: Duration::from_secs(2),
             },
             pool_max_idle_per_host: None,
+            ca_certificates: Vec::new(),
+            bearer_token: None,
         }
     }
 
@@ -412,6 +457,14 @@ impl Client {
         self.execute(Method::GET, url, None, None, false)
             .await
             .map(|_| ())
+    }
+
+    /// `GET /metrics`: every metric, in Prometheus' text format. Never retried.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = self.url(&["metrics"]);
+        let answer = self.execute(Method::GET, url, None, None, false).await?;
+        String::from_utf8(answer.body.to_vec())
+            .map_err(|_| ClientError::Decode("the metrics are not UTF-8 text".into()))
     }
 
     async fn health(&self, which: &str) -> Result<Health, ClientError> {

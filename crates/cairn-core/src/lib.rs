@@ -14,7 +14,7 @@ pub use event::{EventType, NewEvent, RecordedEvent, Tag, compact_json, json_dept
 pub use expected::{ExpectedVersion, WrongExpectedVersion};
 pub use filter::{AppendCondition, EventFilter};
 pub use stream::{StreamName, category_of};
-pub use time::{format_rfc3339_micros, now_micros};
+pub use time::{format_rfc3339_micros, now_micros, parse_rfc3339_micros};
 
 /// A 1-based index in the global log. Gapless, in commit order.
 pub type Position = u64;

@@ -26,6 +26,9 @@ pub(crate) enum BatchOutcome {
     },
     /// The database itself failed (begin, checkpoint, commit); nothing was applied.
     Storage(String),
+    /// PostgreSQL: the stored checkpoint is not where this driver left it (the
+    /// projection was reset, or is driven elsewhere); nothing was applied.
+    Lost(String),
 }
 
 enum AttemptError {
@@ -248,7 +251,7 @@ fn to_i64(value: u64) -> i64 {
 }
 
 /// Follows object keys and array indexes (`items.0.sku`).
-fn lookup<'a>(root: &'a Json, path: &[String]) -> Option<&'a Json> {
+pub(crate) fn lookup<'a>(root: &'a Json, path: &[String]) -> Option<&'a Json> {
     path.iter().try_fold(root, |value, segment| match value {
         Json::Object(map) => map.get(segment),
         Json::Array(items) => items.get(segment.parse::<usize>().ok()?),

@@ -14,6 +14,7 @@ use cairn_core::Position;
 use moka::Expiry;
 use moka::future::Cache;
 
+use crate::metrics;
 use crate::query::Row;
 
 pub(crate) struct CachedResult {
@@ -30,6 +31,7 @@ pub(crate) struct CachedResult {
 
 pub(crate) struct QueryCache {
     cache: Option<Cache<String, Arc<CachedResult>>>,
+    capacity: u64,
 }
 
 struct PerEntryTtl;
@@ -67,9 +69,27 @@ impl QueryCache {
                         .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
                 })
                 .expire_after(PerEntryTtl)
+                .eviction_listener(|_key, _value, cause| {
+                    metrics::record_eviction(metrics::QUERY_RESULTS_CACHE, cause);
+                })
                 .build()
         });
-        Self { cache }
+        Self {
+            cache,
+            capacity: bytes,
+        }
+    }
+
+    /// Sets the cache's size gauges (after its pending evictions), when it is on.
+    pub(crate) async fn record_gauges(&self) {
+        if let Some(cache) = &self.cache {
+            cache.run_pending_tasks().await;
+            metrics::record_cache_size(
+                metrics::QUERY_RESULTS_CACHE,
+                cache.weighted_size(),
+                self.capacity,
+            );
+        }
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<Arc<CachedResult>> {

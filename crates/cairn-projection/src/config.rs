@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ReadSideError;
 use crate::metrics::StatementMetrics;
-use crate::sql::{self, Rewritten};
+use crate::sql::{self, Dialect, Rewritten};
 
 /// One projection: SQL run inside the read-model database for each matching event.
 ///
@@ -177,7 +177,7 @@ pub fn validate(
     projections: &[ProjectionConfig],
     queries: &[QueryConfig],
 ) -> Result<(), ReadSideError> {
-    compile(projections, queries).map(drop)
+    compile(projections, queries, Dialect::Sqlite).map(drop)
 }
 
 /// Parses "500ms", "5s", "2m", "1h".
@@ -276,7 +276,7 @@ pub(crate) struct ProjectionPlan {
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledQuery {
     pub name: String,
-    /// The SQL with `?N` parameters.
+    /// The SQL with `?N` (SQLite) or `$N` (PostgreSQL) parameters.
     pub sql: Arc<str>,
     /// The parameter bound to `?{i + 1}`, in that order.
     pub bound: Vec<String>,
@@ -287,9 +287,12 @@ pub(crate) struct CompiledQuery {
     pub tables: BTreeSet<String>,
 }
 
+/// Compiles the configuration for a read-model database: placeholders become `?N`
+/// (SQLite) or `$N` (PostgreSQL); every other check is the same for both.
 pub(crate) fn compile(
     projections: &[ProjectionConfig],
     queries: &[QueryConfig],
+    dialect: Dialect,
 ) -> Result<(Vec<ProjectionPlan>, Vec<CompiledQuery>), ReadSideError> {
     let mut seen = BTreeSet::new();
     let mut projection_plans = Vec::with_capacity(projections.len());
@@ -301,7 +304,7 @@ pub(crate) fn compile(
                 projection.name
             )));
         }
-        projection_plans.push(compile_projection(projection)?);
+        projection_plans.push(compile_projection(projection, dialect)?);
     }
     let mut seen = BTreeSet::new();
     let mut query_plans = Vec::with_capacity(queries.len());
@@ -313,7 +316,7 @@ pub(crate) fn compile(
                 query.name
             )));
         }
-        query_plans.push(compile_query(query)?);
+        query_plans.push(compile_query(query, dialect)?);
     }
     Ok((projection_plans, query_plans))
 }
@@ -331,7 +334,10 @@ fn check_name(what: &str, name: &str) -> Result<(), ReadSideError> {
     })
 }
 
-fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadSideError> {
+fn compile_projection(
+    config: &ProjectionConfig,
+    dialect: Dialect,
+) -> Result<ProjectionPlan, ReadSideError> {
     let name = &config.name;
     let fail = |message: String| config_error(format!("projection {name:?}: {message}"));
     if let Some(category) = &config.filter.category
@@ -354,7 +360,7 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
     }
     for (what, statements) in [("setup", &config.setup), ("teardown", &config.teardown)] {
         for (index, statement) in statements.iter().enumerate() {
-            let rewritten = sql::rewrite(statement)
+            let rewritten = sql::rewrite(statement, dialect)
                 .map_err(|e| fail(format!("{what} statement {}: {e}", index + 1)))?;
             if let Some(placeholder) = rewritten.names.first() {
                 return Err(fail(format!(
@@ -382,7 +388,7 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
         for (index, statement) in statements.iter().enumerate() {
             let where_ = || format!("on.{event_type} statement {}", index + 1);
             let Rewritten { sql, names } =
-                sql::rewrite(statement).map_err(|e| fail(format!("{}: {e}", where_())))?;
+                sql::rewrite(statement, dialect).map_err(|e| fail(format!("{}: {e}", where_())))?;
             let fields = names
                 .iter()
                 .map(|placeholder| {
@@ -427,10 +433,10 @@ fn compile_projection(config: &ProjectionConfig) -> Result<ProjectionPlan, ReadS
     })
 }
 
-fn compile_query(config: &QueryConfig) -> Result<CompiledQuery, ReadSideError> {
+fn compile_query(config: &QueryConfig, dialect: Dialect) -> Result<CompiledQuery, ReadSideError> {
     let name = &config.name;
     let fail = |message: String| config_error(format!("query {name:?}: {message}"));
-    let Rewritten { sql, names } = sql::rewrite(&config.sql).map_err(fail)?;
+    let Rewritten { sql, names } = sql::rewrite(&config.sql, dialect).map_err(fail)?;
     let first_word = sql::first_word(&config.sql).map(|w| w.to_ascii_lowercase());
     if !matches!(first_word.as_deref(), Some("select" | "with" | "values")) {
         return Err(fail(
@@ -571,7 +577,7 @@ mod tests {
             "E",
             "INSERT INTO t VALUES (:data, :data.a.0, :meta, :meta.x, :stream, :version, :position, :type, :id, :recorded_at)",
         )]);
-        let (plans, _) = compile(&[p], &[]).unwrap();
+        let (plans, _) = compile(&[p], &[], Dialect::Sqlite).unwrap();
         let handler = &plans[0].handlers["E"];
         assert!(handler.needs_data && handler.needs_meta);
         assert_eq!(handler.statements[0].fields.len(), 10);

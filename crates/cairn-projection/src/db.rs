@@ -37,7 +37,7 @@ pub(crate) enum StoredState {
 }
 
 impl StoredState {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StoredState::Running => "running",
             StoredState::Failed => "failed",
@@ -45,7 +45,7 @@ impl StoredState {
         }
     }
 
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         match text {
             "failed" => StoredState::Failed,
             "rebuilding" => StoredState::Rebuilding,
@@ -73,6 +73,9 @@ pub(crate) struct StoredProjection {
     pub definition_hash: String,
     pub state: StoredState,
     pub error: Option<ProjectionError>,
+    /// Rebuilds since it was created (PostgreSQL only; always 0 on SQLite): a driver
+    /// that finds it changed starts again from the stored row.
+    pub resets: u64,
 }
 
 /// Holds `readmodels.lock`: one read side per data directory, or projections would be
@@ -159,6 +162,7 @@ pub(crate) fn load(
                         definition_hash: row.get(1)?,
                         state,
                         error,
+                        resets: 0,
                     })
                 })
                 .optional()

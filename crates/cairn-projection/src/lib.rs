@@ -1,5 +1,7 @@
 //! Cairn's read side (CQRS): projections that turn events into SQL read models in
-//! `readmodels.db`, and named queries over them, with a result cache.
+//! `readmodels.db` (or, with the event store on PostgreSQL, in a schema of that
+//! database shared by every instance: see `pg/`), and named queries over them, with a
+//! result cache.
 //!
 //! - A projection ([`ProjectionConfig`]) follows the global log with
 //!   [`cairn_store::tail::LogTail`] from its checkpoint, in its own task, and applies
@@ -27,17 +29,25 @@
 //! - A cached result is never staler than an uncached one, unless its query has a
 //!   `cache_ttl` (then never older than the TTL).
 //! - SQLite work never runs on the async executor.
+//! - PostgreSQL: a projection is applied only by the instance holding its advisory
+//!   lock, through that lock's connection, and each batch moves the checkpoint only
+//!   from where that owner left it; a replica answers a query only from a snapshot
+//!   that holds the checkpoints the answer must reflect.
 
 mod apply;
 mod cache;
 mod config;
 mod db;
 pub mod metrics;
+mod pg;
 mod plans;
 mod projection;
 mod query;
 mod shape;
+mod shared_cache;
 mod sql;
+#[cfg(feature = "redis-harness")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -56,14 +66,19 @@ pub use config::{
 };
 pub use db::{ProjectionError, READ_MODEL_FILE};
 pub use error::ReadSideError;
+pub use pg::{DEFAULT_SCHEMA as DEFAULT_READ_MODEL_SCHEMA, PostgresReadModels, check_schema_name};
 pub use plans::{PlanAnalysis, PlanRow, PlanSubject, PlanWarning, PlanWarningKind, QueryPlan};
 pub use projection::ProjectionState;
 pub use query::{QueryStatus, Row};
+pub use shared_cache::{
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_REDIS_TTL, RedisCacheOptions, check_redis_url, redact_redis_url,
+};
 
 use crate::cache::{CachedResult, QueryCache};
 use crate::config::{CompiledQuery, ProjectionPlan};
 use crate::db::{ReadPool, StoredProjection, StoredState};
 use crate::error::storage;
+use crate::pg::PgReadModels;
 use crate::plans::PlanChecks;
 use crate::projection::{Projection, RunContext};
 use crate::query::{QueryEntry, QueryStats};
@@ -88,6 +103,12 @@ pub struct ReadSideOptions {
     /// Queries and projection statements slower than this are logged, one line each
     /// (target `cairn::slow_query`) with their plan; `Duration::MAX` turns it off.
     pub slow_query_threshold: Duration,
+    /// Keep the read models in PostgreSQL (for an event store on PostgreSQL) instead
+    /// of `readmodels.db` in `data_dir`.
+    pub postgres: Option<PostgresReadModels>,
+    /// A Redis shared by every instance for query results (`--redis-url`), behind the
+    /// in-process cache; `None`: in-process only.
+    pub redis: Option<RedisCacheOptions>,
 }
 
 /// The default of [`ReadSideOptions::slow_query_threshold`].
@@ -102,6 +123,8 @@ impl ReadSideOptions {
             batch_size: 2000,
             strict_plans: false,
             slow_query_threshold: DEFAULT_SLOW_QUERY_THRESHOLD,
+            postgres: None,
+            redis: None,
         }
     }
 }
@@ -129,6 +152,10 @@ pub struct ProjectionStatus {
     /// Full scans and sorts without an index in its statements' plans, as checked at
     /// start and after every rebuild; each names the index that would avoid it.
     pub plan_warnings: Vec<PlanWarning>,
+    /// Read models in PostgreSQL: `Some(true)` while this instance drives the
+    /// projection (holds its advisory lock), `Some(false)` while another does and this
+    /// one follows its checkpoint; `None` on SQLite.
+    pub driving: Option<bool>,
 }
 
 /// A query's answer.
@@ -151,8 +178,10 @@ pub struct ReadSide {
     projections: Vec<Arc<Projection>>,
     queries: HashMap<String, QueryEntry>,
     query_names: Vec<String>,
-    reads: ReadPool,
+    reads: Reads,
     cache: QueryCache,
+    /// The shared tier of the query cache (Redis), if configured.
+    shared: Option<shared_cache::SharedCache>,
     slow_query_threshold: Duration,
     /// Held while plans are checked again, so that a later check's result is stored
     /// last.
@@ -160,6 +189,38 @@ pub struct ReadSide {
     shutdown: CancellationToken,
     /// The data directory's lock; running projections hold a share of it.
     lock: Mutex<Option<Arc<File>>>,
+}
+
+/// The `pool` label of the query pool's metrics.
+const POOL_NAME: &str = "readmodels";
+
+/// Where queries run: `readmodels.db`'s read-only pool, or PostgreSQL.
+enum Reads {
+    Sqlite(ReadPool),
+    Postgres(Arc<PgReadModels>),
+}
+
+impl Reads {
+    fn record_gauges(&self) {
+        if let Reads::Sqlite(pool) = self {
+            pool.record_gauges();
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Reads::Sqlite(pool) => pool.close(),
+            Reads::Postgres(read_models) => read_models.close(),
+        }
+    }
+}
+
+/// What opening the read-model database found.
+struct Opened {
+    stored: Vec<StoredProjection>,
+    checks: PlanChecks,
+    reads: Reads,
+    lock: Option<Arc<File>>,
 }
 
 const DEFINITION_CHANGED: &str = "the projection's definition changed since its read model was built; \
@@ -177,27 +238,31 @@ impl ReadSide {
         projections: Vec<ProjectionConfig>,
         queries: Vec<QueryConfig>,
     ) -> Result<Arc<ReadSide>, ReadSideError> {
-        let (projection_plans, query_plans) = config::compile(&projections, &queries)?;
-        let lock = db::lock_data_dir(&options.data_dir)?;
+        let dialect = match options.postgres {
+            Some(_) => sql::Dialect::Postgres,
+            None => sql::Dialect::Sqlite,
+        };
+        let (projection_plans, query_plans) = config::compile(&projections, &queries, dialect)?;
+        let shared = match &options.redis {
+            Some(redis) => {
+                Some(shared_cache::SharedCache::new(redis).map_err(ReadSideError::Config)?)
+            }
+            None => None,
+        };
         let path = options.data_dir.join(READ_MODEL_FILE);
         let plans: Vec<Arc<ProjectionPlan>> = projection_plans.into_iter().map(Arc::new).collect();
-        let (stored, checks) = {
-            let path = path.clone();
-            let plans = plans.clone();
-            let query_plans = query_plans.clone();
-            tokio::task::spawn_blocking(move || {
-                let stored = open_projections(&path, &plans, &query_plans)?;
-                let reader = db::open_reader(&path)?;
-                let checks = crate::plans::check_all(&reader, &plans, &query_plans).unwrap_or_else(
-                    |error| {
-                        tracing::warn!(target: "cairn::plans", %error, "plans cannot be checked");
-                        PlanChecks::default()
-                    },
-                );
-                Ok::<_, ReadSideError>((stored, checks))
-            })
-            .await
-            .map_err(storage)??
+        let Opened {
+            stored,
+            checks,
+            reads,
+            lock,
+        } = match &options.postgres {
+            Some(postgres) => open_postgres(postgres, &plans, &query_plans).await?,
+            None => open_sqlite(&options, &path, &plans, &query_plans).await?,
+        };
+        let postgres = match &reads {
+            Reads::Postgres(read_models) => Some(Arc::clone(read_models)),
+            Reads::Sqlite(_) => None,
         };
         let warnings: Vec<&PlanWarning> = checks
             .projections
@@ -238,8 +303,9 @@ impl ReadSide {
                 let (state, error) = match stored.state {
                     StoredState::Failed => (ProjectionState::Failed, stored.error),
                     // The log was replaced under the read models: following it from
-                    // here would skip its events silently.
-                    _ if stored.position > head => (
+                    // here would skip its events silently. (On PostgreSQL other
+                    // instances move checkpoints past the head this one has seen.)
+                    _ if stored.position > head && postgres.is_none() => (
                         ProjectionState::Failed,
                         Some(ProjectionError {
                             position: stored.position,
@@ -285,10 +351,10 @@ impl ReadSide {
                 (entry.plan.name.clone(), entry)
             })
             .collect();
-        let reads = ReadPool::open(path.clone(), options.read_connections)?;
         let context = RunContext {
             store: store.clone(),
             path,
+            postgres,
             batch_size: options.batch_size.max(1),
             slow_query_threshold: options.slow_query_threshold,
         };
@@ -301,10 +367,11 @@ impl ReadSide {
             query_names,
             reads,
             cache: QueryCache::new(options.cache_bytes),
+            shared,
             slow_query_threshold: options.slow_query_threshold,
             recheck: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
-            lock: Mutex::new(Some(Arc::new(lock))),
+            lock: Mutex::new(lock),
         });
         for projection in &read_side.projections {
             if projection.state() != ProjectionState::Failed {
@@ -319,6 +386,39 @@ impl ReadSide {
             "read side started"
         );
         Ok(read_side)
+    }
+
+    /// Sets the read side's sampled gauges: its query pool's connections and the query
+    /// cache's size. Takes no I/O; called before every scrape of `/metrics`.
+    pub async fn record_gauges(&self) {
+        self.reads.record_gauges();
+        self.cache.record_gauges().await;
+    }
+
+    /// The space `readmodels.db` takes on disk, its write-ahead log included (on
+    /// PostgreSQL: the read-model schema's tables and indexes).
+    pub async fn storage_size(&self) -> Result<cairn_store::StorageSize, ReadSideError> {
+        if let Reads::Postgres(read_models) = &self.reads {
+            return Ok(cairn_store::StorageSize {
+                total_bytes: read_models.storage_bytes().await?,
+                wal_bytes: None,
+            });
+        }
+        let path = self.context.path.clone();
+        tokio::task::spawn_blocking(move || cairn_store::sqlite::pool::storage_size(&path))
+            .await
+            .map_err(storage)?
+            .map_err(storage)
+    }
+
+    /// Read models in PostgreSQL: the queries each replica answered since the start
+    /// (label `host:port/dbname` → count), in the order of the replica URLs; empty on
+    /// SQLite.
+    pub fn replica_reads(&self) -> Vec<(String, u64)> {
+        match &self.reads {
+            Reads::Postgres(read_models) => read_models.replica_reads(),
+            Reads::Sqlite(_) => Vec::new(),
+        }
     }
 
     /// Every configured projection's status, in configuration order.
@@ -341,25 +441,28 @@ impl ReadSide {
         }
         let stored_name = name.to_owned();
         let path = self.context.path.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut connection = db::open_writer(&path)?;
-            let stored = db::load(&connection, &stored_name)?
-                .ok_or_else(|| ReadSideError::ProjectionNotFound(stored_name.clone()))?;
-            let state = match stored.state {
-                StoredState::Rebuilding => StoredState::Rebuilding,
-                _ => StoredState::Running,
-            };
-            let transaction = connection.transaction().map_err(storage)?;
-            db::save_checkpoint(&transaction, &stored_name, stored.position, state, None)
-                .map_err(storage)?;
-            transaction.commit().map_err(storage)?;
-            Ok::<_, ReadSideError>((stored.position, state))
-        })
-        .await
-        .map_err(storage)??;
+        let stored = match &self.reads {
+            Reads::Postgres(read_models) => read_models.clear_failure(name).await?,
+            Reads::Sqlite(_) => tokio::task::spawn_blocking(move || {
+                let mut connection = db::open_writer(&path)?;
+                let stored = db::load(&connection, &stored_name)?
+                    .ok_or_else(|| ReadSideError::ProjectionNotFound(stored_name.clone()))?;
+                let state = match stored.state {
+                    StoredState::Rebuilding => StoredState::Rebuilding,
+                    _ => StoredState::Running,
+                };
+                let transaction = connection.transaction().map_err(storage)?;
+                db::save_checkpoint(&transaction, &stored_name, stored.position, state, None)
+                    .map_err(storage)?;
+                transaction.commit().map_err(storage)?;
+                Ok::<_, ReadSideError>((stored.position, state))
+            })
+            .await
+            .map_err(storage)??,
+        };
         let (position, state) = stored;
         let head = *self.store.watch_head().borrow();
-        if position > head {
+        if position > head && self.context.postgres.is_none() {
             projection.set_state(ProjectionState::Failed, self.status(projection).last_error);
             return Err(ReadSideError::Storage(format!(
                 "projection {name} reflects position {position} but the event log ends at {head}; rebuild it"
@@ -391,12 +494,15 @@ impl ReadSide {
         }
         let plan = Arc::clone(&projection.plan);
         let path = self.context.path.clone();
-        let reset = tokio::task::spawn_blocking(move || {
-            let mut connection = db::open_writer(&path).map_err(|e| e.to_string())?;
-            db::reset(&mut connection, &plan)
-        })
-        .await
-        .map_err(storage)?;
+        let reset = match &self.reads {
+            Reads::Postgres(read_models) => read_models.reset(&plan).await,
+            Reads::Sqlite(_) => tokio::task::spawn_blocking(move || {
+                let mut connection = db::open_writer(&path).map_err(|e| e.to_string())?;
+                db::reset(&mut connection, &plan)
+            })
+            .await
+            .map_err(storage)?,
+        };
         if let Err(message) = reset {
             if was_running {
                 *run = Some(self.spawn(projection)?);
@@ -534,6 +640,46 @@ impl ReadSide {
                 });
             }
         }
+        // The shared tier, keyed by the positions this instance knows now: a result
+        // from before one of them advanced has another key (see `shared_cache`).
+        if let Some(shared) = &self.shared {
+            let now = entry.progress();
+            let definition = shared_cache::definition_of(entry);
+            let positions = shared_cache::positions_of(&now);
+            if let Some(shared_key) = shared
+                .key(&self.store, &entry.plan.name, &definition, &positions, &key)
+                .await
+                && let Some(rows) = shared.get(&shared_key, &entry.plan.name).await
+            {
+                let position = positions.iter().copied().min().unwrap_or(0);
+                let rows = Arc::new(rows);
+                let weight = u32::try_from(query::weight(&rows)).unwrap_or(u32::MAX);
+                self.cache
+                    .insert(
+                        key,
+                        CachedResult {
+                            rows: Arc::clone(&rows),
+                            generations: now.iter().map(|p| p.generation).collect(),
+                            epochs: now.iter().map(|p| p.epoch).collect(),
+                            position,
+                            ttl: entry.plan.cache_ttl,
+                            weight,
+                        },
+                    )
+                    .await;
+                entry.stats.cache_hit();
+                entry
+                    .stats
+                    .metrics
+                    .duration(started.elapsed().as_secs_f64());
+                let rows = Arc::try_unwrap(rows).unwrap_or_else(|shared| shared.as_ref().clone());
+                return Ok(QueryResult {
+                    rows,
+                    position,
+                    cached: true,
+                });
+            }
+        }
         entry.stats.cache_miss();
         // Progress is published after its commit: rows read after this snapshot
         // reflect at least these positions and generations.
@@ -541,18 +687,35 @@ impl ReadSide {
         let position = before.iter().map(|p| p.position).min().unwrap_or(0);
         let sql = Arc::clone(&entry.plan.sql);
         let threshold = self.slow_query_threshold;
-        let (rows, ran_for, slow_plan) = self
-            .reads
-            .run(move |connection| {
-                let started = Instant::now();
-                let rows = query::run(connection, &sql, &values)?;
-                let ran_for = started.elapsed();
-                // The plan is only worked out for a slow run.
-                let plan =
-                    (ran_for >= threshold).then(|| plans::one_line_plan(connection, &sql, &values));
-                Ok::<_, ReadSideError>((rows, ran_for, plan))
-            })
-            .await?;
+        let (rows, ran_for, slow_plan) = match &self.reads {
+            Reads::Postgres(read_models) => {
+                // A replica answers once its snapshot holds each projection's last
+                // committed checkpoint: then its rows are the primary's.
+                let needed: Vec<(String, Position)> = entry
+                    .projections
+                    .iter()
+                    .zip(&before)
+                    .map(|(projection, progress)| (projection.name().to_owned(), progress.stored))
+                    .collect();
+                let health = self.store.replica_status();
+                read_models
+                    .query(&sql, &values, &needed, &health, threshold)
+                    .await?
+            }
+            Reads::Sqlite(reads) => {
+                reads
+                    .run(move |connection| {
+                        let started = Instant::now();
+                        let rows = query::run(connection, &sql, &values)?;
+                        let ran_for = started.elapsed();
+                        // The plan is only worked out for a slow run.
+                        let plan = (ran_for >= threshold)
+                            .then(|| plans::one_line_plan(connection, &sql, &values));
+                        Ok::<_, ReadSideError>((rows, ran_for, plan))
+                    })
+                    .await?
+            }
+        };
         if let Some(plan) = slow_plan {
             entry.stats.slow();
             tracing::warn!(
@@ -573,6 +736,16 @@ impl ReadSide {
             .eq(generations.iter().copied());
         let rows = Arc::new(rows);
         if unchanged {
+            if let Some(shared) = &self.shared {
+                let definition = shared_cache::definition_of(entry);
+                let positions = shared_cache::positions_of(&before);
+                if let Some(shared_key) = shared
+                    .key(&self.store, &entry.plan.name, &definition, &positions, &key)
+                    .await
+                {
+                    shared.set(shared_key, &rows, entry.plan.cache_ttl).await;
+                }
+            }
             let weight = u32::try_from(query::weight(&rows)).unwrap_or(u32::MAX);
             self.cache
                 .insert(
@@ -605,7 +778,9 @@ impl ReadSide {
     /// value, since SQLite's plans do not depend on values), with its warnings. With
     /// `analyze` the query is also run (every parameter required then), and its
     /// duration and the number of rows it returned are reported beside the plan:
-    /// SQLite has no `EXPLAIN ANALYZE`. Not counted in the query's metrics.
+    /// SQLite has no `EXPLAIN ANALYZE`. On PostgreSQL: `EXPLAIN (FORMAT JSON)` for these
+    /// values (`ANALYZE` with `analyze`), with the warnings of the index check
+    /// (`pg/plans.rs`). Not counted in the query's metrics.
     pub async fn plan(
         &self,
         name: &str,
@@ -618,9 +793,15 @@ impl ReadSide {
             .ok_or_else(|| ReadSideError::QueryNotFound(name.to_owned()))?;
         let values = query::parse_params_or(&entry.plan, params, !analyze)?;
         self.ensure_running()?;
+        let reads = match &self.reads {
+            Reads::Postgres(read_models) => {
+                return pg::plan_query(read_models, &entry.plan, &values, analyze).await;
+            }
+            Reads::Sqlite(reads) => reads,
+        };
         let query_name = entry.plan.name.clone();
         let sql = Arc::clone(&entry.plan.sql);
-        self.reads
+        reads
             .run(move |connection| {
                 let subject = PlanSubject::Query {
                     name: query_name.clone(),
@@ -682,12 +863,18 @@ impl ReadSide {
             .filter_map(|name| self.queries.get(name))
             .map(|entry| entry.plan.clone())
             .collect();
-        let checked = self
-            .reads
-            .run(move |connection| {
-                plans::check_all(connection, &projections, &queries).map_err(storage)
-            })
-            .await;
+        let checked = match &self.reads {
+            Reads::Postgres(read_models) => {
+                pg::check_all(read_models, &projections, &queries).await
+            }
+            Reads::Sqlite(reads) => {
+                reads
+                    .run(move |connection| {
+                        plans::check_all(connection, &projections, &queries).map_err(storage)
+                    })
+                    .await
+            }
+        };
         let checks = match checked {
             Ok(checks) => checks,
             Err(error) => {
@@ -737,12 +924,11 @@ impl ReadSide {
     }
 
     fn spawn(&self, projection: &Arc<Projection>) -> Result<projection::Run, ReadSideError> {
-        let lock = self
-            .lock
-            .lock()
-            .ok()
-            .and_then(|lock| lock.clone())
-            .ok_or_else(|| ReadSideError::Storage("the read side is shut down".into()))?;
+        self.ensure_running()?;
+        let lock = self.lock.lock().ok().and_then(|lock| lock.clone());
+        if lock.is_none() && self.context.postgres.is_none() {
+            return Err(ReadSideError::Storage("the read side is shut down".into()));
+        }
         Ok(projection::spawn(
             self.context.clone(),
             Arc::clone(projection),
@@ -773,13 +959,14 @@ impl ReadSide {
             .lock()
             .map(|warnings| warnings.clone())
             .unwrap_or_default();
-        let (state, last_error, definition_changed) = match projection.status.lock() {
+        let (state, last_error, definition_changed, driving) = match projection.status.lock() {
             Ok(status) => (
                 status.state,
                 status.last_error.clone(),
                 status.definition_changed,
+                status.driving,
             ),
-            Err(_) => (ProjectionState::Failed, None, false),
+            Err(_) => (ProjectionState::Failed, None, false, None),
         };
         ProjectionStatus {
             name: projection.name().to_owned(),
@@ -799,6 +986,7 @@ impl ReadSide {
                 }
             }),
             plan_warnings,
+            driving,
         }
     }
 
@@ -877,6 +1065,79 @@ fn projections_read_by(
     } else {
         named
     }
+}
+
+/// SQLite: locks the data directory, opens `readmodels.db` (creating projections,
+/// checking statements and plans) on a blocking thread, and the read-only pool.
+async fn open_sqlite(
+    options: &ReadSideOptions,
+    path: &std::path::Path,
+    plans: &[Arc<ProjectionPlan>],
+    query_plans: &[CompiledQuery],
+) -> Result<Opened, ReadSideError> {
+    let lock = db::lock_data_dir(&options.data_dir)?;
+    let (stored, checks) = {
+        let path = path.to_owned();
+        let plans = plans.to_vec();
+        let query_plans = query_plans.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let stored = open_projections(&path, &plans, &query_plans)?;
+            let reader = db::open_reader(&path)?;
+            let checks =
+                crate::plans::check_all(&reader, &plans, &query_plans).unwrap_or_else(|error| {
+                    tracing::warn!(target: "cairn::plans", %error, "plans cannot be checked");
+                    PlanChecks::default()
+                });
+            Ok::<_, ReadSideError>((stored, checks))
+        })
+        .await
+        .map_err(storage)??
+    };
+    let reads = ReadPool::open(path.to_owned(), options.read_connections, POOL_NAME)?;
+    Ok(Opened {
+        stored,
+        checks,
+        reads: Reads::Sqlite(reads),
+        lock: Some(Arc::new(lock)),
+    })
+}
+
+/// PostgreSQL: creates the schema and Cairn's table (once, whichever instance comes
+/// first), creates new projections (their `setup` and row, once), checks every
+/// statement and query, and plans them.
+async fn open_postgres(
+    options: &PostgresReadModels,
+    plans: &[Arc<ProjectionPlan>],
+    query_plans: &[CompiledQuery],
+) -> Result<Opened, ReadSideError> {
+    let read_models = Arc::new(PgReadModels::new(options)?);
+    read_models.migrate().await?;
+    let mut stored = Vec::with_capacity(plans.len());
+    let mut changed = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let (existing, created) = read_models.load_or_create(plan).await?;
+        if created {
+            tracing::info!(projection = %plan.config.name, schema = %options.schema, "projection created");
+        }
+        changed.push((
+            Arc::clone(plan),
+            existing.definition_hash != plan.definition_hash,
+        ));
+        stored.push(existing);
+    }
+    read_models.check_definitions(&changed, query_plans).await?;
+    let checks = pg::check_all(&read_models, plans, query_plans)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(target: "cairn::plans", %error, "plans cannot be checked");
+            PlanChecks::default()
+        });
+    Ok(Opened {
+        stored,
+        checks,
+        reads: Reads::Postgres(read_models),
+        lock: None,
+    })
 }
 
 /// On a blocking thread at start: migrates `readmodels.db`, creates new projections,

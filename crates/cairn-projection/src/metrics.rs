@@ -23,6 +23,15 @@ pub const QUERY_CACHE_MISSES: &str = "cairn_query_cache_misses_total";
 /// Time to answer a named query (cache hits included, waits for `min_position`
 /// excluded), histogram in seconds by `query`.
 pub const QUERY_DURATION_SECONDS: &str = "cairn_query_duration_seconds";
+/// Results the in-process cache lacked and the shared Redis tier had, counter by
+/// `query`.
+pub const QUERY_CACHE_REDIS_HITS: &str = "cairn_query_cache_redis_hits_total";
+/// Results the shared Redis tier did not have (or could not give in time), counter by
+/// `query`.
+pub const QUERY_CACHE_REDIS_MISSES: &str = "cairn_query_cache_redis_misses_total";
+/// Failed or timed-out calls to the shared Redis tier (each answered as a miss),
+/// counter by `operation` (`get`, `set`, `decode`).
+pub const QUERY_CACHE_REDIS_ERRORS: &str = "cairn_query_cache_redis_errors_total";
 
 /// The last log position a projection reflects, gauge by `projection`.
 pub const PROJECTION_POSITION: &str = "cairn_projection_position";
@@ -39,6 +48,45 @@ pub const PROJECTION_STATEMENT_DURATION_SECONDS: &str =
     "cairn_projection_statement_duration_seconds";
 /// Events whose statements failed, counter by `projection` and `event_type`.
 pub const PROJECTION_STATEMENT_ERRORS: &str = "cairn_projection_statement_errors_total";
+
+/// Entries a cache dropped by itself, counter by `cache` (`event_pages`,
+/// `query_results`) and `reason` (`size`: to stay within its capacity; `expired`: past
+/// its TTL). Invalidations (a deleted stream, a rebuilt projection) are not evictions.
+pub const CACHE_EVICTIONS: &str = "cairn_cache_evictions_total";
+/// Bytes a cache holds (as weighed: encoded pages, result rows), gauge by `cache`.
+pub const CACHE_BYTES: &str = "cairn_cache_bytes";
+/// Bytes a cache may hold, gauge by `cache`.
+pub const CACHE_CAPACITY_BYTES: &str = "cairn_cache_capacity_bytes";
+/// The `cache` label of the named-query result cache.
+pub const QUERY_RESULTS_CACHE: &str = "query_results";
+
+/// The `reason` label of an eviction, `None` for a removal that is not one (replaced,
+/// invalidated).
+pub fn eviction_reason(cause: moka::notification::RemovalCause) -> Option<&'static str> {
+    use moka::notification::RemovalCause;
+    match cause {
+        RemovalCause::Size => Some("size"),
+        RemovalCause::Expired => Some("expired"),
+        RemovalCause::Explicit | RemovalCause::Replaced => None,
+    }
+}
+
+/// Counts one eviction from `cache` (for the caches' eviction listeners).
+pub fn record_eviction(cache: &'static str, cause: moka::notification::RemovalCause) {
+    if let Some(reason) = eviction_reason(cause) {
+        metrics::counter!(CACHE_EVICTIONS, "cache" => cache, "reason" => reason).increment(1);
+    }
+}
+
+/// Sets a cache's size gauges. Its eviction counters are registered too (at 0 until
+/// the first eviction), so that a rate over them exists before anything is evicted.
+pub fn record_cache_size(cache: &'static str, bytes: u64, capacity: u64) {
+    metrics::gauge!(CACHE_BYTES, "cache" => cache).set(bytes as f64);
+    metrics::gauge!(CACHE_CAPACITY_BYTES, "cache" => cache).set(capacity as f64);
+    for reason in ["size", "expired"] {
+        metrics::counter!(CACHE_EVICTIONS, "cache" => cache, "reason" => reason).increment(0);
+    }
+}
 
 /// Histogram buckets suited to each histogram above, for the exporter.
 pub const QUERY_DURATION_BUCKETS: &[f64] = &[
@@ -84,6 +132,18 @@ pub fn describe() {
         QUERY_CACHE_MISSES,
         "Named-query results computed (not cached, or no longer valid), by query."
     );
+    describe_counter!(
+        QUERY_CACHE_REDIS_HITS,
+        "Named-query results served from the shared Redis cache (missing from the in-process one), by query."
+    );
+    describe_counter!(
+        QUERY_CACHE_REDIS_MISSES,
+        "Named-query results the shared Redis cache did not have or could not give in time, by query."
+    );
+    describe_counter!(
+        QUERY_CACHE_REDIS_ERRORS,
+        "Failed or timed-out calls to the shared Redis cache, each answered as a miss, by operation (get, set, decode)."
+    );
     describe_histogram!(
         QUERY_DURATION_SECONDS,
         Unit::Seconds,
@@ -111,6 +171,15 @@ pub fn describe() {
         Unit::Seconds,
         "Time to run the statements of one event, by projection and event type."
     );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Entries a cache dropped by itself, by cache (event_pages, query_results) and reason (size, expired)."
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        "Bytes a cache holds (encoded pages, result rows), by cache."
+    );
+    describe_gauge!(CACHE_CAPACITY_BYTES, "Bytes a cache may hold, by cache.");
     describe_counter!(
         PROJECTION_STATEMENT_ERRORS,
         "Events whose statements failed, by projection and event type."
@@ -208,4 +277,19 @@ impl StatementMetrics {
     pub(crate) fn error(&self) {
         counter(&self.errors).increment(1);
     }
+}
+
+/// A result served by the shared Redis tier.
+pub(crate) fn redis_hit(query: &str) {
+    metrics::counter!(QUERY_CACHE_REDIS_HITS, "query" => query.to_owned()).increment(1);
+}
+
+/// A result the shared Redis tier did not have.
+pub(crate) fn redis_miss(query: &str) {
+    metrics::counter!(QUERY_CACHE_REDIS_MISSES, "query" => query.to_owned()).increment(1);
+}
+
+/// A failed call to the shared Redis tier.
+pub(crate) fn redis_error(operation: &'static str) {
+    metrics::counter!(QUERY_CACHE_REDIS_ERRORS, "operation" => operation).increment(1);
 }

@@ -320,17 +320,60 @@ pub(crate) fn warnings(
     schema: &Schema,
 ) -> Vec<PlanWarning> {
     let shape = Shape::of(sql);
-    let mut found: Vec<(PlanWarning, Option<Sort>)> = Vec::new();
+    let mut findings = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        let warning = if let Some(scanned) = scanned_table(&row.detail, &shape, schema) {
-            scanned.map(|table| (full_scan(subject, row, &table, &shape, schema), None))
-        } else if let Some(sort) = sort_clause(&row.detail) {
-            sorted_table(rows, index, &shape, schema).map(|table| {
-                let warning = sort_without_index(subject, row, &table, sort, &shape, schema);
-                (warning, Some(sort))
-            })
-        } else {
-            None
+        if let Some(scanned) = scanned_table(&row.detail, &shape, schema) {
+            if let Some(table) = scanned {
+                findings.push(Finding::FullScan { row: index, table });
+            }
+        } else if let Some(sort) = sort_clause(&row.detail)
+            && let Some(table) = sorted_table(rows, index, &shape, schema)
+        {
+            findings.push(Finding::Sort {
+                row: index,
+                table,
+                sort,
+            });
+        }
+    }
+    warnings_for(subject, &shape, rows, &findings, schema)
+}
+
+/// What a plan shows, whatever the database: a read-model table visited whole, or
+/// rows of one sorted without an index. `row` is the plan row that shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finding {
+    FullScan {
+        row: usize,
+        table: String,
+    },
+    Sort {
+        row: usize,
+        table: String,
+        sort: Sort,
+    },
+}
+
+/// The warnings for `findings` (tables lower-cased), each once. A sort that the index
+/// suggested for a full scan of the same table would also avoid is folded into the
+/// full scan's warning.
+pub(crate) fn warnings_for(
+    subject: &PlanSubject,
+    shape: &Shape,
+    rows: &[PlanRow],
+    findings: &[Finding],
+    schema: &Schema,
+) -> Vec<PlanWarning> {
+    let mut found: Vec<(PlanWarning, Option<Sort>)> = Vec::new();
+    for finding in findings {
+        let warning = match finding {
+            Finding::FullScan { row, table } => rows
+                .get(*row)
+                .map(|row| (full_scan(subject, row, table, shape, schema), None)),
+            Finding::Sort { row, table, sort } => rows.get(*row).map(|row| {
+                let warning = sort_without_index(subject, row, table, *sort, shape, schema);
+                (warning, Some(*sort))
+            }),
         };
         if let Some((warning, sort)) = warning
             && !found.iter().any(|(w, _)| {
@@ -424,7 +467,7 @@ fn name_in<'a>(rest: &'a str, shape: &Shape, schema: &Schema) -> Option<(String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sort {
+pub(crate) enum Sort {
     OrderBy,
     GroupBy,
 }

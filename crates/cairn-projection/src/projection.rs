@@ -20,6 +20,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{BatchOutcome, apply_batch};
 use crate::config::ProjectionPlan;
@@ -60,12 +61,19 @@ pub(crate) struct Progress {
     /// Counts rebuilds: results from before a rebuild are never served after it, not
     /// even within a query's `cache_ttl`.
     pub epoch: u64,
+    /// The checkpoint as last committed with the read model (`position` may be ahead
+    /// of it by events without effects): a PostgreSQL replica whose snapshot holds this
+    /// checkpoint has the same rows as the primary.
+    pub stored: Position,
 }
 
 pub(crate) struct StatusState {
     pub state: ProjectionState,
     pub last_error: Option<ProjectionError>,
     pub definition_changed: bool,
+    /// PostgreSQL: whether this instance drives the projection (holds its lock) or
+    /// follows another's; `None` on SQLite, where the one read side drives them all.
+    pub driving: Option<bool>,
 }
 
 /// What the tasks of a projection and the read side share.
@@ -103,6 +111,8 @@ impl Run {
 pub(crate) struct RunContext {
     pub store: SharedStore,
     pub path: PathBuf,
+    /// Read models in PostgreSQL instead of `path`.
+    pub postgres: Option<Arc<crate::pg::PgReadModels>>,
     pub batch_size: usize,
     /// Statements slower than this are logged with their plan.
     pub slow_query_threshold: Duration,
@@ -121,6 +131,7 @@ impl Projection {
             position,
             generation: 0,
             epoch: 0,
+            stored: position,
         });
         Self {
             plan,
@@ -129,6 +140,7 @@ impl Projection {
                 state,
                 last_error,
                 definition_changed,
+                driving: None,
             }),
             plan_warnings: Mutex::new(Vec::new()),
             rate: Mutex::new(RateMeter::new()),
@@ -164,6 +176,19 @@ impl Projection {
         self.signal();
     }
 
+    pub(crate) fn set_driving(&self, driving: Option<bool>) {
+        if let Ok(mut status) = self.status.lock() {
+            status.driving = driving;
+        }
+        self.signal();
+    }
+
+    /// Records the checkpoint committed with the read model.
+    pub(crate) fn set_stored(&self, position: Position) {
+        self.progress
+            .send_modify(|progress| progress.stored = position);
+    }
+
     pub(crate) fn events_per_second(&self) -> f64 {
         self.rate.lock().map_or(0.0, |mut rate| rate.per_second())
     }
@@ -187,6 +212,7 @@ impl Projection {
     pub(crate) fn reset(&self) {
         self.progress.send_modify(|progress| {
             progress.position = 0;
+            progress.stored = 0;
             progress.generation += 1;
             progress.epoch += 1;
         });
@@ -198,15 +224,154 @@ impl Projection {
 }
 
 /// Starts the reader and the applier of `projection` from its current position.
-/// The task holds `lock` (the data directory's) until it ends, so a read side that
-/// is dropped without `shutdown` releases the directory only once its last batch is in.
+/// On SQLite the task holds `lock` (the data directory's) until it ends, so a read
+/// side that is dropped without `shutdown` releases the directory only once its last
+/// batch is in. On PostgreSQL the task follows the projection and drives it while this
+/// instance holds its advisory lock (`pg::drive`).
 pub(crate) fn spawn(
     context: RunContext,
     projection: Arc<Projection>,
     parent: &CancellationToken,
-    lock: Arc<std::fs::File>,
+    lock: Option<Arc<std::fs::File>>,
 ) -> Run {
     let cancel = parent.child_token();
+    if let Some(read_models) = context.postgres.clone() {
+        let handle = tokio::spawn(crate::pg::drive(
+            context,
+            read_models,
+            projection,
+            cancel.clone(),
+        ));
+        return Run { cancel, handle };
+    }
+    let run_cancel = cancel.clone();
+    let handle = tokio::spawn(async move {
+        let path = context.path.clone();
+        let statements: usize = projection
+            .plan
+            .handlers
+            .values()
+            .map(|h| h.statements.len())
+            .sum();
+        let opened = tokio::task::spawn_blocking(move || {
+            let connection = db::open_writer(&path)?;
+            connection.set_prepared_statement_cache_capacity(statements + 16);
+            Ok::<_, crate::ReadSideError>(connection)
+        })
+        .await;
+        match opened {
+            Ok(Ok(connection)) => {
+                run_owned(
+                    context,
+                    projection,
+                    Writer::Sqlite(Some(connection)),
+                    run_cancel,
+                )
+                .await;
+            }
+            Ok(Err(error)) => fail_storage(&projection, error.to_string()),
+            Err(error) => fail_storage(&projection, error.to_string()),
+        }
+        drop(lock);
+    });
+    Run { cancel, handle }
+}
+
+/// How a run of the reader and the applier ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Cancelled: the batch in hand and the position reached were saved.
+    Stopped,
+    /// A statement failed (stored as failed), or the SQLite database did.
+    Failed,
+    /// PostgreSQL: the connection, the lock or the stored checkpoint was lost; the
+    /// driver follows again and retries.
+    Lost(String),
+}
+
+/// Where the applier writes: the projection's SQLite connection, or on PostgreSQL the
+/// owner's connection that holds the projection's lock.
+pub(crate) enum Writer {
+    Sqlite(Option<Connection>),
+    Postgres(crate::pg::Owner),
+}
+
+impl Writer {
+    async fn apply(
+        &mut self,
+        plan: Arc<ProjectionPlan>,
+        events: Vec<RecordedEvent>,
+        through: Position,
+        state: StoredState,
+        slow: Duration,
+    ) -> BatchOutcome {
+        match self {
+            Writer::Sqlite(slot) => {
+                let Some(mut connection) = slot.take() else {
+                    return BatchOutcome::Storage("the read-model connection is gone".into());
+                };
+                let applied = tokio::task::spawn_blocking(move || {
+                    let outcome =
+                        apply_batch(&mut connection, &plan, &events, through, state, slow);
+                    (connection, outcome)
+                })
+                .await;
+                match applied {
+                    Ok((connection, outcome)) => {
+                        *slot = Some(connection);
+                        outcome
+                    }
+                    Err(error) => BatchOutcome::Storage(format!("apply task failed: {error}")),
+                }
+            }
+            Writer::Postgres(owner) => {
+                owner
+                    .apply_batch(&plan, &events, through, state, slow)
+                    .await
+            }
+        }
+    }
+
+    async fn save_position(
+        &mut self,
+        name: &str,
+        position: Position,
+        state: StoredState,
+    ) -> Result<(), String> {
+        match self {
+            Writer::Sqlite(slot) => {
+                let Some(mut connection) = slot.take() else {
+                    return Err("the read-model connection is gone".into());
+                };
+                let name = name.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    save_position(&mut connection, &name, position, state)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+            Writer::Postgres(owner) => owner.save_position(position, state).await,
+        }
+    }
+
+    /// PostgreSQL: checks between batches that this instance still drives.
+    async fn check(&mut self) -> Result<(), String> {
+        match self {
+            Writer::Sqlite(_) => Ok(()),
+            Writer::Postgres(owner) => owner.check().await,
+        }
+    }
+}
+
+/// Runs the reader and the applier from the projection's position until `cancel`
+/// or until the applier stops.
+pub(crate) async fn run_owned(
+    context: RunContext,
+    projection: Arc<Projection>,
+    writer: Writer,
+    cancel: CancellationToken,
+) -> Ended {
     let from = projection.position() + 1;
     let (feed_tx, feed_rx) = mpsc::channel(READ_AHEAD);
     let reader = read_loop(
@@ -216,12 +381,9 @@ pub(crate) fn spawn(
         feed_tx,
         cancel.clone(),
     );
-    let applier = apply_loop(context, Arc::clone(&projection), feed_rx, cancel.clone());
-    let handle = tokio::spawn(async move {
-        tokio::join!(reader, applier);
-        drop(lock);
-    });
-    Run { cancel, handle }
+    let applier = apply_loop(context, projection, writer, feed_rx, cancel.clone());
+    let ((), ended) = tokio::join!(reader, applier);
+    ended
 }
 
 /// Matching events and how far the log was read: every matching event up to
@@ -299,32 +461,18 @@ async fn read_loop(
 async fn apply_loop(
     context: RunContext,
     projection: Arc<Projection>,
+    mut writer: Writer,
     mut feed: mpsc::Receiver<Feed>,
     cancel: CancellationToken,
-) {
+) -> Ended {
     // Whatever ends this loop ends the reader too.
     let _stop_reader = cancel.clone().drop_guard();
     let name = projection.name().to_owned();
-    let path = context.path.clone();
-    let statements: usize = projection
-        .plan
-        .handlers
-        .values()
-        .map(|h| h.statements.len())
-        .sum();
-    let opened = tokio::task::spawn_blocking(move || {
-        let connection = db::open_writer(&path)?;
-        connection.set_prepared_statement_cache_capacity(statements + 16);
-        Ok::<_, crate::ReadSideError>(connection)
-    })
-    .await;
-    let mut connection = match opened {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => return fail_storage(&projection, error.to_string()),
-        Err(error) => return fail_storage(&projection, error.to_string()),
-    };
+    let on_postgres = matches!(writer, Writer::Postgres(_));
     let mut persisted = projection.position();
     let labels = [("projection", name.clone())];
+    let mut checks = tokio::time::interval(crate::pg::FOLLOW_INTERVAL);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
@@ -333,6 +481,12 @@ async fn apply_loop(
                 Some(message) => message,
                 None => break,
             },
+            _ = checks.tick(), if on_postgres => {
+                if let Err(reason) = writer.check().await {
+                    return Ended::Lost(reason);
+                }
+                continue;
+            }
         };
         let mut events = first.events;
         let mut through = first.through;
@@ -368,23 +522,21 @@ async fn apply_loop(
         let plan = Arc::clone(&projection.plan);
         let started = Instant::now();
         let slow = context.slow_query_threshold;
-        let applied = tokio::task::spawn_blocking(move || {
-            let outcome = apply_batch(&mut connection, &plan, &events, through, stored_state, slow);
-            (connection, outcome)
-        })
-        .await;
+        let span = apply_span(&name, &plan, &events);
+        let outcome = writer
+            .apply(plan, events, through, stored_state, slow)
+            .instrument(span.clone())
+            .await;
+        if !matches!(outcome, BatchOutcome::Applied { .. }) {
+            span.record("otel.status_code", "error");
+        }
+        drop(span);
         metrics::histogram!(m::PROJECTION_APPLY_DURATION_SECONDS, &labels)
             .record(started.elapsed().as_secs_f64());
-        let outcome = match applied {
-            Ok((returned, outcome)) => {
-                connection = returned;
-                outcome
-            }
-            Err(error) => return fail_storage(&projection, format!("apply task failed: {error}")),
-        };
         match outcome {
             BatchOutcome::Applied { changed } => {
                 persisted = through;
+                projection.set_stored(through);
                 if rebuilding && caught_up {
                     projection.set_state(ProjectionState::Running, None);
                     tracing::info!(projection = %name, position = through, "rebuild caught up");
@@ -397,6 +549,7 @@ async fn apply_loop(
                 changed,
                 error,
             } => {
+                projection.set_stored(checkpoint);
                 projection.advance(&context, checkpoint, changed);
                 tracing::error!(
                     projection = %name,
@@ -407,27 +560,60 @@ async fn apply_loop(
                 );
                 metrics::counter!(m::PROJECTION_FAILURES, &labels).increment(1);
                 projection.set_state(ProjectionState::Failed, Some(error));
-                return;
+                return Ended::Failed;
             }
-            BatchOutcome::Storage(message) => return fail_storage(&projection, message),
+            // On PostgreSQL the connection (and with it the lock) may be gone: follow
+            // again and retry, here or on another instance.
+            BatchOutcome::Storage(message) if on_postgres => return Ended::Lost(message),
+            BatchOutcome::Storage(message) => {
+                fail_storage(&projection, message);
+                return Ended::Failed;
+            }
+            BatchOutcome::Lost(message) => return Ended::Lost(message),
         }
     }
     // Stopping: write the position reached without effects, so a restart starts there.
     let position = projection.position();
     if position > persisted {
-        let name = name.clone();
         let state = match projection.state() {
             ProjectionState::Rebuilding => StoredState::Rebuilding,
             _ => StoredState::Running,
         };
-        let saved = tokio::task::spawn_blocking(move || {
-            save_position(&mut connection, &name, position, state)
-        })
-        .await;
-        if let Ok(Err(error)) = saved {
-            tracing::warn!(projection = %projection.name(), %error, "cannot save the checkpoint");
+        match writer.save_position(&name, position, state).await {
+            Ok(()) => projection.set_stored(position),
+            Err(error) => {
+                tracing::warn!(projection = %projection.name(), %error, "cannot save the checkpoint");
+            }
         }
     }
+    Ended::Stopped
+}
+
+/// With traces exported, the span of applying a batch: linked to each `$traceparent`
+/// among the events this projection handles, and a child of it when there is just one.
+/// None when no such event carries a trace context (or traces are off).
+fn apply_span(name: &str, plan: &ProjectionPlan, events: &[RecordedEvent]) -> tracing::Span {
+    let contexts = cairn_store::trace::event_contexts(
+        events
+            .iter()
+            .filter(|event| plan.handlers.contains_key(&event.event_type)),
+    );
+    if contexts.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: cairn_store::trace::SPAN_TARGET,
+        parent: None,
+        "projection.apply",
+        otel.name = format!("projection {name} apply").as_str(),
+        otel.status_code = tracing::field::Empty,
+        projection = name,
+        events = events.len(),
+        first_position = events.first().map_or(0, |event| event.position),
+        last_position = events.last().map_or(0, |event| event.position),
+    );
+    cairn_store::trace::follow(&span, contexts, true);
+    span
 }
 
 fn save_position(

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use crate::sql::{is_name_byte, is_word_byte, is_word_start, skip_quoted};
+use crate::sql::{dollar_quote_end, is_name_byte, is_word_byte, is_word_start, skip_quoted};
 
 /// A token of the heuristic: literals and parameters are only `Value`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,25 @@ fn lex(sql: &str) -> Vec<Lex<'_>> {
                 while i < bytes.len() && bytes[i].is_ascii_digit() {
                     i += 1;
                 }
+                out.push(Lex::Value);
+            }
+            b':' if next == Some(b':') => {
+                // PostgreSQL's cast: `customer::text` reads as `customer`.
+                i += 2;
+                while i < bytes.len() && is_name_byte(bytes[i]) {
+                    i += 1;
+                }
+            }
+            b'$' if next.is_some_and(|b| b.is_ascii_digit()) => {
+                // PostgreSQL's positional parameter.
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push(Lex::Value);
+            }
+            b'$' if dollar_quote_end(bytes, i).is_some() => {
+                i = dollar_quote_end(bytes, i).unwrap_or(bytes.len());
                 out.push(Lex::Value);
             }
             b':' | b'@' | b'$' if next.is_some_and(is_word_start) => {

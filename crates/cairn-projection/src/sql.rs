@@ -1,13 +1,25 @@
 //! A small SQL scanner: finds `:name` placeholders (outside string literals, quoted
-//! identifiers and comments) and rewrites them into positional `?N` parameters, so
-//! that dotted names such as `:data.customer.id` work (SQLite's own named parameters
-//! stop at the dot) and every value is bound, never spliced. It also finds the tables a
-//! `setup` creates and the identifiers a query names.
+//! identifiers, PostgreSQL dollar-quoted strings and comments) and rewrites them into
+//! positional parameters, `?N` for SQLite and `$N` for PostgreSQL, so that dotted names
+//! such as `:data.customer.id` work (SQLite's own named parameters stop at the dot) and
+//! every value is bound, never spliced. A `::` (PostgreSQL's cast, `:data.total::numeric`)
+//! is not a placeholder. It also finds the tables a `setup` creates and the identifiers
+//! a query names.
 
 use std::collections::BTreeSet;
 
-/// SQL whose placeholders became `?1`, `?2`, …: `names[i]` is bound to `?{i + 1}`.
-/// A name used twice gets one parameter.
+/// Which positional form placeholders become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Dialect {
+    /// `?1`, `?2`, …
+    #[default]
+    Sqlite,
+    /// `$1`, `$2`, …
+    Postgres,
+}
+
+/// SQL whose placeholders became `?1`, `?2`, … (or `$1`, `$2`, …): `names[i]` is bound
+/// to parameter `i + 1`. A name used twice gets one parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rewritten {
     pub sql: String,
@@ -70,6 +82,14 @@ fn tokens(sql: &str) -> Vec<Token<'_>> {
                     .find("*/")
                     .map_or(bytes.len(), |p| i + 2 + p + 2);
             }
+            b':' if bytes.get(i + 1) == Some(&b':') => {
+                // PostgreSQL's cast operator.
+                out.push(Token::Punct(b':'));
+                i += 2;
+            }
+            b'$' if dollar_quote_end(bytes, i).is_some() => {
+                i = dollar_quote_end(bytes, i).unwrap_or(bytes.len());
+            }
             b':' if bytes.get(i + 1).is_some_and(|b| is_word_start(*b)) => {
                 let start = i + 1;
                 let mut end = start;
@@ -94,7 +114,11 @@ fn tokens(sql: &str) -> Vec<Token<'_>> {
                 out.push(Token::ForeignParameter(&sql[i..end]));
                 i = end;
             }
-            b'@' | b'$' if bytes.get(i + 1).is_some_and(|b| is_word_start(*b)) => {
+            b'@' | b'$'
+                if bytes
+                    .get(i + 1)
+                    .is_some_and(|b| is_word_start(*b) || b.is_ascii_digit()) =>
+            {
                 let mut end = i + 1;
                 while end < bytes.len() && is_word_byte(bytes[end]) {
                     end += 1;
@@ -126,6 +150,28 @@ fn tokens(sql: &str) -> Vec<Token<'_>> {
     out
 }
 
+/// For a PostgreSQL dollar-quoted string opening at `start` (`$$` or `$tag$`, the tag
+/// not starting with a digit): the index just past its closing delimiter (the end of
+/// the SQL when it is not closed).
+pub(crate) fn dollar_quote_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut end = start + 1;
+    if bytes.get(end).is_some_and(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    while end < bytes.len() && is_name_byte(bytes[end]) {
+        end += 1;
+    }
+    if bytes.get(end) != Some(&b'$') {
+        return None;
+    }
+    let delimiter = &bytes[start..=end];
+    let body = end + 1;
+    let close = bytes[body..]
+        .windows(delimiter.len())
+        .position(|window| window == delimiter);
+    Some(close.map_or(bytes.len(), |at| body + at + delimiter.len()))
+}
+
 pub(crate) fn is_name_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_'
 }
@@ -146,9 +192,10 @@ pub(crate) fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
     bytes.len()
 }
 
-/// Rewrites `:name` placeholders into `?N`. Refuses SQLite's other parameter forms, so
-/// that nothing can be bound by accident in an unexpected place.
-pub(crate) fn rewrite(sql: &str) -> Result<Rewritten, String> {
+/// Rewrites `:name` placeholders into `?N` (SQLite) or `$N` (PostgreSQL). Refuses the
+/// databases' own parameter forms (`?`, `?3`, `@x`, `$x`, `$1`), so that nothing can be
+/// bound by accident in an unexpected place.
+pub(crate) fn rewrite(sql: &str, dialect: Dialect) -> Result<Rewritten, String> {
     let mut names: Vec<String> = Vec::new();
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
@@ -163,7 +210,10 @@ pub(crate) fn rewrite(sql: &str) -> Result<Rewritten, String> {
                     }
                 };
                 out.push_str(&sql[copied..start]);
-                out.push('?');
+                out.push(match dialect {
+                    Dialect::Sqlite => '?',
+                    Dialect::Postgres => '$',
+                });
                 out.push_str(&(index + 1).to_string());
                 copied = end;
             }
@@ -331,8 +381,11 @@ mod tests {
 
     #[test]
     fn placeholders_become_positional_and_repeat_once() {
-        let rewritten =
-            rewrite("INSERT INTO t VALUES (:data.id, :data.a.0, :stream, :data.id)").unwrap();
+        let rewritten = rewrite(
+            "INSERT INTO t VALUES (:data.id, :data.a.0, :stream, :data.id)",
+            Dialect::Sqlite,
+        )
+        .unwrap();
         assert_eq!(rewritten.sql, "INSERT INTO t VALUES (?1, ?2, ?3, ?1)");
         assert_eq!(rewritten.names, ["data.id", "data.a.0", "stream"]);
     }
@@ -340,28 +393,55 @@ mod tests {
     #[test]
     fn literals_identifiers_and_comments_are_left_alone() {
         let sql = "SELECT ':not', \"a:b\", [c:d], `e:f` -- :nope\n FROM t /* :no */ WHERE x = :yes";
-        let rewritten = rewrite(sql).unwrap();
+        let rewritten = rewrite(sql, Dialect::Sqlite).unwrap();
         assert_eq!(rewritten.names, ["yes"]);
         assert!(rewritten.sql.ends_with("WHERE x = ?1"));
         assert!(rewritten.sql.contains("':not'"));
-        let escaped = rewrite("SELECT 'it''s :x', :y").unwrap();
+        let escaped = rewrite("SELECT 'it''s :x', :y", Dialect::Sqlite).unwrap();
         assert_eq!(escaped.names, ["y"]);
     }
 
     #[test]
     fn a_trailing_dot_is_not_part_of_the_name() {
-        let rewritten = rewrite("SELECT :a.b. FROM t").unwrap();
+        let rewritten = rewrite("SELECT :a.b. FROM t", Dialect::Sqlite).unwrap();
         assert_eq!(rewritten.names, ["a.b"]);
         assert_eq!(rewritten.sql, "SELECT ?1. FROM t");
     }
 
     #[test]
     fn other_parameter_forms_are_refused() {
-        for sql in ["SELECT ?", "SELECT ?1", "SELECT @x", "SELECT $x"] {
-            let error = rewrite(sql).unwrap_err();
+        for sql in [
+            "SELECT ?",
+            "SELECT ?1",
+            "SELECT @x",
+            "SELECT $x",
+            "SELECT $1",
+        ] {
+            let error = rewrite(sql, Dialect::Sqlite).unwrap_err();
             assert!(error.contains("not supported"), "{sql}: {error}");
         }
-        assert!(rewrite("SELECT '?', json_extract(x, '$.a') FROM t").is_ok());
+        assert!(rewrite("SELECT '?', json_extract(x, '$.a') FROM t", Dialect::Sqlite).is_ok());
+    }
+
+    #[test]
+    fn postgres_gets_dollar_parameters_and_keeps_casts_and_dollar_quotes() {
+        let rewritten = rewrite(
+            "INSERT INTO t VALUES (:data.id, :data.total::numeric, $$ :no $$, $f$ ' $f$, :data.id)",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        assert_eq!(rewritten.names, ["data.id", "data.total"]);
+        assert_eq!(
+            rewritten.sql,
+            "INSERT INTO t VALUES ($1, $2::numeric, $$ :no $$, $f$ ' $f$, $1)"
+        );
+        // A setup with a function body in dollar quotes has no placeholder.
+        let body = rewrite(
+            "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1 WHERE 'a' = :x $body$ LANGUAGE sql",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        assert!(body.names.is_empty(), "{body:?}");
     }
 
     #[test]

@@ -311,7 +311,7 @@ fn forbidden(message: impl Into<String>) -> ApiError {
 
 /// What a route asks of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     /// No token at all.
     Open,
     /// Any valid token.
@@ -319,7 +319,9 @@ enum Need {
     Scope(Scope),
 }
 
-fn need_of(method: &Method, route: Option<&str>, metrics_public: bool) -> Need {
+/// What `method` on the route template `route` asks of a token (also what the OpenAPI
+/// document declares).
+pub(crate) fn need_of(method: &Method, route: Option<&str>, metrics_public: bool) -> Need {
     let Some(route) = route else {
         // Unknown routes still need a token, so they say nothing to strangers.
         return Need::AnyToken;

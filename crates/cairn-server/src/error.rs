@@ -176,6 +176,8 @@ impl From<StoreError> for ApiError {
             StoreError::GroupNotFound(group) => {
                 ApiError::new(ErrorCode::NotFound, message).with("group", group)
             }
+            // Another instance drives the group now: a retry is forwarded to it.
+            StoreError::GroupMoved(_) => ApiError::unavailable(&message),
             StoreError::Unavailable(detail) => ApiError::unavailable(&detail),
             StoreError::Internal(detail) => ApiError::internal(&detail),
         }

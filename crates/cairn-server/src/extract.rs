@@ -155,7 +155,8 @@ pub struct WriteContext {
     pub content_length: Option<u64>,
     /// A validated `Idempotency-Key`.
     pub idempotency_key: Option<String>,
-    /// A valid W3C `traceparent`, stored in each event's metadata.
+    /// The `traceparent` stored in each event's metadata: Cairn's request span when
+    /// traces are exported, else the request's valid W3C `traceparent` header.
     pub traceparent: Option<String>,
     /// Marks the moment the write is handed to the store: from then on the request
     /// timeout waits for the store's answer instead of abandoning it.
@@ -171,7 +172,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteContext {
             path: parts.uri.path().to_owned(),
             content_length: content_length(&parts.headers),
             idempotency_key: idempotency_key(&parts.headers)?,
-            traceparent: traceparent(&parts.headers).map(str::to_owned),
+            traceparent: crate::trace::write_traceparent(&parts.headers),
             commitment: Commitment::of(parts),
         })
     }

@@ -230,6 +230,28 @@ pub fn settled_to_wire(settled: Settled) -> SettleResponse {
     }
 }
 
+/// With traces exported, the span of handing `deliveries` to a consumer: a child of the
+/// claim's request span, linked to each `$traceparent` the events carry. None when no
+/// event carries a trace context (or traces are off).
+pub fn delivery_span(group: &str, consumer: &str, deliveries: &[Delivery]) -> tracing::Span {
+    let contexts =
+        cairn_store::trace::event_contexts(deliveries.iter().map(|delivery| &*delivery.event));
+    if contexts.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: cairn_store::trace::SPAN_TARGET,
+        "group.deliver",
+        otel.name = "group deliver",
+        otel.kind = "producer",
+        group,
+        consumer,
+        events = deliveries.len(),
+    );
+    cairn_store::trace::follow(&span, contexts, false);
+    span
+}
+
 /// `{"deliveries":[{"position":N,"attempt":N,"event":{…}}]}`, the events written from
 /// stored text as reads write them.
 pub fn claim_body(deliveries: &[Delivery]) -> Vec<u8> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_projection::ReadSide;
-use cairn_store::groups::ConsumerGroups;
+use cairn_store::groups::{ConsumerGroups, GroupLeases};
 use cairn_store::{SharedStore, StoreError};
 
 mod append;
@@ -21,6 +21,7 @@ pub mod auth;
 mod encode;
 pub mod error;
 pub mod extract;
+pub mod forward;
 mod groups;
 pub mod limits;
 mod listen;
@@ -28,9 +29,13 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod page_cache;
+mod process;
 mod read_side;
 pub mod routes;
+pub mod sampled;
 pub mod sse;
+pub mod tls;
+pub mod trace;
 
 pub use error::ApiError;
 pub use sse::{SubscriptionOptions, Subscriptions};
@@ -85,6 +90,8 @@ pub struct AppState {
     pub guard: Arc<limits::Guard>,
     /// Sealed pages of stream and global reads (64 MiB by default).
     pub event_pages: Arc<page_cache::EventPageCache>,
+    /// Forwards group requests to the instance that drives the group (shared stores).
+    pub(crate) forwarder: Arc<forward::Forwarder>,
 }
 
 impl AppState {
@@ -96,9 +103,36 @@ impl AppState {
         request_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let groups = ConsumerGroups::load(Arc::clone(&store)).await?;
-        Ok(Self {
+        Ok(Self::serving(
             store,
-            groups: Arc::new(groups),
+            Arc::new(groups),
+            limits,
+            request_timeout,
+        ))
+    }
+
+    /// The state of one of several instances sharing `store`: this one drives the
+    /// consumer groups whose lease it holds (`leases`) and forwards requests for the
+    /// others to their owners. Takes every free lease before it returns.
+    pub async fn open_shared(
+        store: SharedStore,
+        leases: Arc<dyn GroupLeases>,
+        limits: Limits,
+        request_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let groups = ConsumerGroups::shared(Arc::clone(&store), leases).await?;
+        Ok(Self::serving(store, groups, limits, request_timeout))
+    }
+
+    fn serving(
+        store: SharedStore,
+        groups: Arc<ConsumerGroups>,
+        limits: Limits,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            groups,
             limits: Arc::new(limits),
             request_timeout,
             subscriptions: Arc::new(Subscriptions::new(SubscriptionOptions::default())),
@@ -107,7 +141,8 @@ impl AppState {
             auth: Arc::new(auth::Auth::default()),
             guard: Arc::new(limits::Guard::default()),
             event_pages: Arc::new(page_cache::EventPageCache::default()),
-        })
+            forwarder: Arc::new(forward::Forwarder::default()),
+        }
     }
 
     /// The same state serving this read side's projections and queries (before serving).
@@ -158,16 +193,37 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS with `tls`'s certificate when given (plain HTTP when `None`).
+/// The TLS handshake is bounded by the header read timeout too (10 s when that is off),
+/// and [`tls::TlsCertificates::reload`] changes the certificate of new connections.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: Option<Arc<tls::TlsCertificates>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let subscriptions = Arc::clone(&state.subscriptions);
     let header_read_timeout = state.guard.limits().header_read_timeout;
-    listen::accept_loop(
+    // Measured once before serving (into the recorder `app` uses), so the first
+    // scrape has the sizes.
+    metrics::install();
+    let database_sizes = sampled::DatabaseSizes::new(&state);
+    database_sizes.refresh().await;
+    let measuring = tokio::spawn(database_sizes.run(sampled::DATABASE_SIZE_INTERVAL));
+    let served = listen::accept_loop(
         listener,
         app(state),
         header_read_timeout,
+        tls,
         shutdown,
         move || {
             subscriptions.close_all();
         },
     )
-    .await
+    .await;
+    measuring.abort();
+    served
 }

@@ -1,10 +1,11 @@
 //! Overload protection: a cap on concurrent requests (503 `unavailable` with
 //! `Retry-After` at once, never a queue), a per-caller rate limit (429 `rate_limited`),
-//! and a cap on live subscriptions per caller (429).
+//! and caps on live subscriptions and on group claims in progress per caller (429
+//! `rate_limited` with `Retry-After`).
 //!
 //! Long-lived requests (SSE subscriptions and group claims, which may long-poll) do not
 //! count against the concurrency cap: they would otherwise hold a slot for their whole
-//! life. Subscriptions have their own cap per caller instead.
+//! life. Each has its own cap per caller instead.
 //!
 //! A caller is its token's name when authentication is on, else its IP address (when
 //! the server knows it), else one shared bucket.
@@ -31,6 +32,7 @@ use crate::routes;
 
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_TOKEN: usize = 100;
+pub const DEFAULT_MAX_CLAIMS_PER_TOKEN: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limits, as configured.
@@ -44,6 +46,8 @@ pub struct RequestLimits {
     pub rate_limit_burst: u32,
     /// Live subscriptions per caller; beyond: 429.
     pub max_subscriptions_per_token: usize,
+    /// Group claims (long polls) in progress per caller; beyond: 429.
+    pub max_claims_per_token: usize,
     /// How long an HTTP/1 client may take to send a request's head (zero: no limit);
     /// the connection is closed after it.
     pub header_read_timeout: Duration,
@@ -56,6 +60,7 @@ impl Default for RequestLimits {
             rate_limit_per_second: None,
             rate_limit_burst: 1,
             max_subscriptions_per_token: DEFAULT_MAX_SUBSCRIPTIONS_PER_TOKEN,
+            max_claims_per_token: DEFAULT_MAX_CLAIMS_PER_TOKEN,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
@@ -67,7 +72,8 @@ pub struct Guard {
     limits: RequestLimits,
     slots: Arc<Semaphore>,
     rate: Mutex<HashMap<String, Instant>>,
-    subscriptions: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    subscriptions: PerCaller,
+    claims: PerCaller,
 }
 
 impl Default for Guard {
@@ -82,7 +88,8 @@ impl Guard {
             slots: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             limits,
             rate: Mutex::new(HashMap::new()),
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: PerCaller::default(),
+            claims: PerCaller::default(),
         }
     }
 
@@ -116,26 +123,61 @@ impl Guard {
         Ok(())
     }
 
-    /// Takes a subscription slot for `caller`, released when the guard drops.
-    fn subscribe(&self, caller: &str) -> Option<SubscriptionSlot> {
-        let counter = {
-            let mut subscriptions = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(subscriptions.entry(caller.to_owned()).or_default())
-        };
-        let max = self.limits.max_subscriptions_per_token;
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < max).then_some(live + 1)
-            })
-            .ok()
-            .map(|_| SubscriptionSlot(counter))
+    /// Takes a subscription slot for `caller`, released when the slot drops.
+    fn subscribe(&self, caller: &str) -> Option<Slot> {
+        self.subscriptions
+            .take(caller, self.limits.max_subscriptions_per_token)
+    }
+
+    /// Takes a claim slot for `caller`, released when the slot drops.
+    fn claim(&self, caller: &str) -> Option<Slot> {
+        self.claims.take(caller, self.limits.max_claims_per_token)
+    }
+
+    /// Group claims in progress, over every caller.
+    pub fn claims_in_progress(&self) -> usize {
+        self.claims.total()
     }
 }
 
-/// One live subscription of a caller.
-struct SubscriptionSlot(Arc<AtomicUsize>);
+/// How many of something (live subscriptions, claims in progress) each caller holds.
+#[derive(Debug, Default)]
+struct PerCaller(Mutex<HashMap<String, Arc<AtomicUsize>>>);
 
-impl Drop for SubscriptionSlot {
+impl PerCaller {
+    /// One more for `caller`, unless it already holds `max`.
+    fn take(&self, caller: &str, max: usize) -> Option<Slot> {
+        let counter = {
+            let mut counters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget callers that hold none, so the map stays small: a counter only the
+            // map refers to has no slot out and no `take` under way (both clone it, and
+            // clones are made under this lock).
+            if counters.len() > 10_000 {
+                counters.retain(|_, held| Arc::strong_count(held) > 1);
+            }
+            Arc::clone(counters.entry(caller.to_owned()).or_default())
+        };
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < max).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| Slot(counter))
+    }
+
+    fn total(&self) -> usize {
+        let counters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counters
+            .values()
+            .map(|held| held.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
+/// One subscription or claim of a caller, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -194,7 +236,16 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             }));
             Response::from_parts(parts, body)
         }
-        Some(routes::GROUP_CLAIM) => next.run(request).await,
+        Some(routes::GROUP_CLAIM) => {
+            let Some(_slot) = guard.claim(&caller) else {
+                tracing::info!(target: "cairn::http", "too many claims in progress for this caller");
+                return rate_limited(
+                    Duration::from_secs(1),
+                    "too many group claims in progress for this caller; wait for one to finish",
+                );
+            };
+            next.run(request).await
+        }
         _ => {
             let Ok(_permit) = Arc::clone(&guard.slots).try_acquire_owned() else {
                 tracing::debug!(target: "cairn::http", "too many concurrent requests; shedding");
@@ -232,6 +283,24 @@ mod tests {
                 .check_rate("a", now + Duration::from_millis(100))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn claim_slots_are_counted_per_caller_and_released() {
+        let guard = Guard::new(RequestLimits {
+            max_claims_per_token: 1,
+            ..RequestLimits::default()
+        });
+        let first = guard.claim("a").unwrap();
+        assert!(guard.claim("a").is_none());
+        let other = guard.claim("b").unwrap();
+        assert_eq!(guard.claims_in_progress(), 2);
+        drop(first);
+        drop(other);
+        assert_eq!(guard.claims_in_progress(), 0);
+        assert!(guard.claim("a").is_some());
+        // Subscriptions are counted apart.
+        assert!(guard.subscribe("a").is_some());
     }
 
     #[test]

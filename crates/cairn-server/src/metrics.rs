@@ -22,11 +22,32 @@ pub const SUBSCRIPTIONS_DROPPED_TOTAL: &str = "cairn_subscriptions_dropped_total
 pub const EVENT_PAGE_CACHE_HITS_TOTAL: &str = "cairn_event_page_cache_hits_total";
 /// Counter `{route}`: cacheable event pages read from the store.
 pub const EVENT_PAGE_CACHE_MISSES_TOTAL: &str = "cairn_event_page_cache_misses_total";
+/// The `cache` label of the event-page cache in the caches' shared metrics
+/// (`cairn_projection::metrics::CACHE_EVICTIONS`, `CACHE_BYTES`, `CACHE_CAPACITY_BYTES`).
+pub const EVENT_PAGES_CACHE: &str = "event_pages";
+
+// The process's own figures, read from `/proc/self` as `/metrics` renders
+// (`crate::process`).
+/// Gauge: resident memory, in bytes.
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "cairn_process_resident_memory_bytes";
+/// Gauge: virtual memory, in bytes.
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "cairn_process_virtual_memory_bytes";
+/// Counter: CPU time used (user and system), in seconds.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "cairn_process_cpu_seconds_total";
+/// Gauge: threads.
+pub const PROCESS_THREADS: &str = "cairn_process_threads";
+/// Gauge: open file descriptors.
+pub const PROCESS_OPEN_FDS: &str = "cairn_process_open_fds";
+/// Gauge: the soft limit of open file descriptors.
+pub const PROCESS_MAX_FDS: &str = "cairn_process_max_fds";
+/// Gauge: when the process started, in seconds since the Unix epoch.
+pub const PROCESS_START_TIME_SECONDS: &str = "cairn_process_start_time_seconds";
 
 // The store's histograms (`cairn_store::metrics`) get their buckets here, where the
 // recorder is built.
 use cairn_store::metrics::{
     BATCH_SIZE_BUCKETS, COMMIT_DURATION_BUCKETS, COMMIT_DURATION_SECONDS, GROUP_COMMIT_BATCH_SIZE,
+    POOL_WAIT_BUCKETS, POOL_WAIT_SECONDS,
 };
 
 /// The `route` label of a request that matched no route.
@@ -92,6 +113,10 @@ fn builder() -> PrometheusBuilder {
             .set_buckets_for_metric(
                 Matcher::Full(GROUP_COMMIT_BATCH_SIZE.to_owned()),
                 BATCH_SIZE_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(POOL_WAIT_SECONDS.to_owned()),
+                POOL_WAIT_BUCKETS,
             )
     };
     // Only empty bucket lists are refused, and these are constants.
@@ -147,7 +172,36 @@ fn describe() {
         EVENT_PAGE_CACHE_MISSES_TOTAL,
         "Pages of events read from the store while the page cache is on, by route."
     );
+    describe_storage();
     describe_read_side();
+}
+
+/// The store's pool and database-size metrics.
+fn describe_storage() {
+    use cairn_store::metrics as store;
+    metrics::describe_gauge!(
+        store::POOL_CONNECTIONS,
+        "Pooled database connections, by pool and state (in_use, idle)."
+    );
+    metrics::describe_gauge!(
+        store::POOL_WAITING,
+        "Callers waiting for a pooled database connection, by pool."
+    );
+    metrics::describe_histogram!(
+        store::POOL_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from asking a pool for a connection to holding one, by pool."
+    );
+    metrics::describe_gauge!(
+        store::DATABASE_SIZE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes a database takes on disk (SQLite: file and write-ahead log), by database."
+    );
+    metrics::describe_gauge!(
+        store::DATABASE_WAL_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of a SQLite database's write-ahead log, by database."
+    );
 }
 
 /// The read side describes its own metrics; the server adds its failed-projection
@@ -176,9 +230,15 @@ pub fn record_projections(statuses: &[cairn_projection::ProjectionStatus]) {
     }
 }
 
-/// The prometheus text of every metric recorded so far.
+/// The prometheus text of every metric recorded so far, and the process's own figures
+/// as of now (blocking: it reads `/proc`).
 pub fn render() -> String {
-    install().render()
+    let mut text = install().render();
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    crate::process::ProcessSample::read().render(&mut text);
+    text
 }
 
 /// Records one answered request. `route` is a route template, never a raw path.

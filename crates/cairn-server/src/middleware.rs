@@ -15,18 +15,22 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::body::{Body, HttpBody as _};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt as _;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{trace_id_of, traceparent};
 use crate::metrics::{UNMATCHED_ROUTE, record_request};
 use crate::routes::ROUTES;
 
@@ -100,10 +104,38 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitAllowance {
     }
 }
 
+/// The header carrying a request's id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest `x-request-id` taken from a client; a longer one is replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `x-request-id` when it is 1–[`MAX_REQUEST_ID_LEN`] characters of
+/// `[A-Za-z0-9._:@/+=-]` (safe in a log line and a header), else a new UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_valid_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+fn is_valid_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._:@/+=-".contains(&byte))
+}
+
 /// Times the request, answers 503 `unavailable` when it outlives
 /// `state.request_timeout` (zero means no limit) before its handler committed work to
-/// the store (plus the [`WaitAllowance`] its handler took), records the request metrics and logs one line: method, route template,
-/// status, latency and, given a `traceparent`, the trace id.
+/// the store (plus the [`WaitAllowance`] its handler took), records the request metrics
+/// and logs one line: method, route template, status, latency, the request id (also
+/// sent back as `x-request-id`), the client's address, the body bytes read and written
+/// and the trace id (and, with traces exported, Cairn's span id). Never a header value
+/// other than the request id, never a body.
+///
+/// With traces exported, the request's span continues the trace of its `traceparent`
+/// header ([`crate::trace`]).
 ///
 /// The handler runs inside this task's future, so the check of the commitment after
 /// the timer fired cannot race with the handler: either it committed in an earlier
@@ -112,16 +144,52 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let started = Instant::now();
     let method = request.method().clone();
     let route = route_label(request.extensions().get::<MatchedPath>());
-    let trace_id = traceparent(request.headers()).map(|value| trace_id_of(value).to_owned());
+    let request_id = request_id(request.headers());
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|connected| connected.0);
     // Logs written while handling the request (a 5xx's detail, say) carry its context.
     let span = tracing::info_span!(
         target: "cairn::http",
         "request",
         method = method.as_str(),
         route = route.as_ref(),
-        trace_id = trace_id.as_deref(),
-        token = tracing::field::Empty,
+        request_id = request_id.as_str(),
+        client_addr = client.map(tracing::field::display),
+        trace_id = Empty,
+        span_id = Empty,
+        token = Empty,
+        otel.name = Empty,
+        otel.kind = Empty,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
     );
+    if cairn_store::trace::enabled() {
+        // Before the span starts: the exporter names it now.
+        span.record("otel.name", format!("{method} {route}").as_str());
+        span.record("otel.kind", "server");
+    }
+    let trace = crate::trace::continue_trace(&span, request.headers());
+    if let Some(trace_id) = &trace.trace_id {
+        span.record("trace_id", trace_id.as_str());
+    }
+    if let Some(span_id) = &trace.span_id {
+        span.record("span_id", span_id.as_str());
+    }
+    // The body bytes the handler reads (none for a request without a body).
+    let received = Arc::new(AtomicU64::new(0));
+    if !request.body().is_end_stream() {
+        let counter = Arc::clone(&received);
+        request = request.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            }))
+        });
+    }
     let timeout = state.request_timeout;
     let commitment = Commitment::default();
     let allowance = WaitAllowance::default();
@@ -158,10 +226,21 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
             }
         }
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
     let elapsed = started.elapsed();
     let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    drop(span);
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    // Known for a body in one piece; a stream (SSE) has no size yet.
+    let response_bytes = response.body().size_hint().exact();
     let token = response
         .extensions()
         .get::<crate::auth::TokenName>()
@@ -172,7 +251,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         route = route.as_ref(),
         status = status.as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
-        trace_id = trace_id.as_deref(),
+        request_id = request_id.as_str(),
+        client_addr = client.map(tracing::field::display),
+        request_bytes = received.load(Ordering::Relaxed),
+        response_bytes,
+        trace_id = trace.trace_id.as_deref(),
+        span_id = trace.span_id.as_deref(),
         token,
         "request"
     );

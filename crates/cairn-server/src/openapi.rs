@@ -3,18 +3,23 @@
 
 use std::collections::BTreeMap;
 
+use http::Method;
 use utoipa::OpenApi;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, SchemaType};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, Header, HeaderBuilder, Ref, RefOr, Response, ResponseBuilder,
+};
 
 use crate::Limits;
+use crate::auth::{Need, need_of};
 use crate::extract::MAX_QUERY_WAIT_MS;
 use crate::groups::{
     MAX_ACK_TIMEOUT_MS, MAX_CLAIM, MAX_CLAIM_WAIT_MS, MAX_CONSUMER_LEN, MAX_DELIVERIES,
     MAX_POSITIONS, MAX_RETRY_AFTER_MS,
 };
-use crate::routes::{events, groups, ops, projections, queries, streams, subscribe};
+use crate::routes::{self, events, groups, ops, projections, queries, streams, subscribe};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -91,6 +96,7 @@ use crate::routes::{events, groups, ops, projections, queries, streams, subscrib
         cairn_api::ReplayParkedResponse,
         cairn_api::ProjectionState,
         cairn_api::ProjectionFailure,
+        cairn_api::ProjectionOwner,
         cairn_api::ProjectionStatus,
         cairn_api::ProjectionList,
         cairn_api::QueryResponse,
@@ -138,18 +144,11 @@ impl utoipa::IntoResponses for ServerErrors {
             .build();
         let unavailable = ResponseBuilder::new()
             .description(
-                "`unavailable`: storage is unavailable or the request took too long. \
-                 Retry after `Retry-After` seconds.",
+                "`unavailable`: the server is handling too many requests at once, storage is \
+                 unavailable, or the request took too long (nothing was written). Retry after \
+                 `Retry-After` seconds.",
             )
-            .header(
-                "Retry-After",
-                HeaderBuilder::new()
-                    .schema(Some(
-                        ObjectBuilder::new().schema_type(utoipa::openapi::Type::Integer),
-                    ))
-                    .description(Some("Seconds to wait before retrying."))
-                    .build(),
-            )
+            .header("Retry-After", retry_after_header())
             .content("application/json", error_body())
             .build();
         BTreeMap::from([
@@ -159,11 +158,156 @@ impl utoipa::IntoResponses for ServerErrors {
     }
 }
 
+/// The name of the bearer-token security scheme.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// The `Retry-After` header of a 429 or a 503: whole seconds, at least 1.
+fn retry_after_header() -> Header {
+    HeaderBuilder::new()
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::Integer)
+                .minimum(Some(1)),
+        ))
+        .description(Some("Seconds to wait before retrying."))
+        .build()
+}
+
+/// An error answer: the JSON error body, with `description` and `headers`.
+fn error_response(description: String, headers: Vec<(&str, Header)>) -> Response {
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    );
+    for (name, header) in headers {
+        response = response.header(name, header);
+    }
+    response.build()
+}
+
+/// Declares the bearer-token scheme and, on each operation, what the authentication and
+/// limits middleware ask of it and answer: the scheme with the scope the route needs
+/// (from [`need_of`], the function the middleware uses), 401 and 403 where they can
+/// happen, and 429 on every route the limits apply to (all but the health checks).
+fn declare_security_and_limits(document: &mut utoipa::openapi::OpenApi, metrics_public: bool) {
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER_SCHEME,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API token (`cairn token create`), as `Authorization: Bearer <token>`. \
+                     The scope listed on an operation is the one it needs (`admin` implies \
+                     `read` and `append`); none listed: any valid token. A server with no \
+                     token configured asks for none (and serves only loopback unless told \
+                     otherwise).",
+                ))
+                .build(),
+        ),
+    );
+    for (path, item) in document.paths.paths.iter_mut() {
+        for (method, operation) in [
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+        ] {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let need = need_of(&method, Some(path), metrics_public);
+            let responses = &mut operation.responses.responses;
+            if need != Need::Open {
+                let scopes: Vec<&str> = match need {
+                    Need::Scope(scope) => vec![scope.as_str()],
+                    Need::Open | Need::AnyToken => Vec::new(),
+                };
+                operation.security = Some(vec![SecurityRequirement::new(BEARER_SCHEME, scopes)]);
+                let www_authenticate = HeaderBuilder::new()
+                    .schema(Some(
+                        ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+                    ))
+                    .description(Some("`Bearer`."))
+                    .build();
+                responses.entry("401".to_owned()).or_insert_with(|| {
+                    error_response(
+                        "`unauthorized`: no API token, or not a valid one.".to_owned(),
+                        vec![("WWW-Authenticate", www_authenticate)],
+                    )
+                    .into()
+                });
+            }
+            if let Need::Scope(scope) = need {
+                responses.entry("403".to_owned()).or_insert_with(|| {
+                    error_response(forbidden_description(&method, path, scope.as_str()), vec![])
+                        .into()
+                });
+            }
+            if !matches!(path.as_str(), routes::HEALTH_LIVE | routes::HEALTH_READY) {
+                responses.entry("429".to_owned()).or_insert_with(|| {
+                    error_response(
+                        rate_limited_description(path),
+                        vec![("Retry-After", retry_after_header())],
+                    )
+                    .into()
+                });
+            }
+        }
+    }
+}
+
+/// When `method` on `route` is 403 `forbidden` (see `auth::check_grants`).
+fn forbidden_description(method: &Method, route: &str, scope: &str) -> String {
+    let grants = match route {
+        routes::STREAM_EVENTS | routes::STREAM => "the stream is outside the token's stream grants",
+        routes::EVENTS if method == Method::POST => {
+            "a stream of the request is outside the token's stream grants (nothing is written)"
+        }
+        routes::EVENTS => {
+            "the token is limited to some streams and the request names no granted `category`"
+        }
+        routes::STREAMS => {
+            "the token is limited to some streams and the request names no granted `prefix`"
+        }
+        routes::SUBSCRIBE => {
+            "the token is limited to some streams and the request names no granted `stream` \
+             or `category`"
+        }
+        _ => "the token is limited to some streams (this request reads across streams)",
+    };
+    format!("`forbidden`: the token lacks the `{scope}` scope (detail `scope`), or {grants}.")
+}
+
+/// When a request to `route` is 429 `rate_limited` (see `limits::guard`).
+fn rate_limited_description(route: &str) -> String {
+    let cap = match route {
+        routes::SUBSCRIBE => {
+            ", or it already holds its most live subscriptions \
+             (`max_subscriptions_per_token`)"
+        }
+        routes::GROUP_CLAIM => {
+            ", or it already has its most claims in progress \
+             (`max_claims_per_token`)"
+        }
+        _ => "",
+    };
+    format!(
+        "`rate_limited`: the caller (its token; its address without tokens) is over its \
+         request rate{cap}. Retry after `Retry-After` seconds."
+    )
+}
+
 /// The document for a server with these limits: the generated one, with the checks
 /// the handlers make (lengths, counts, limits) written into the schemas, so that a
-/// client generated from it sends what the server accepts.
-pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
+/// client generated from it sends what the server accepts, and with what the
+/// authentication and limits middleware need and answer on each operation
+/// (`metrics_public`: `/metrics` needs no token).
+pub fn document(limits: &Limits, metrics_public: bool) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
+    declare_security_and_limits(&mut document, metrics_public);
     for item in document.paths.paths.values_mut() {
         for operation in [
             &mut item.get,
@@ -195,6 +339,12 @@ pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
         if let Some(RefOr::T(Schema::Object(event_type))) = property(schemas, name, "type") {
             event_type.min_length = Some(1);
             event_type.max_length = Some(MAX_TYPE_LEN);
+            event_type.pattern = Some(NO_CONTROL_CHARACTERS.to_owned());
+            event_type.description = Some(
+                "The event's type: 1–200 bytes of UTF-8 (`maxLength` counts characters), \
+                 no control characters."
+                    .to_owned(),
+            );
         }
         if let Some(RefOr::T(Schema::Array(tags))) = property(schemas, name, "tags") {
             tags.max_items = Some(MAX_TAGS);
@@ -203,11 +353,24 @@ pub fn document(limits: &Limits) -> utoipa::openapi::OpenApi {
             {
                 tag.min_length = Some(1);
                 tag.max_length = Some(MAX_TAG_LEN);
+                tag.pattern = Some(NO_CONTROL_CHARACTERS.to_owned());
+                tag.description = Some("1–200 bytes of UTF-8, no control characters.".to_owned());
             }
         }
     }
     if let Some(RefOr::T(Schema::Object(stream))) = property(schemas, "MultiEventInput", "stream") {
         stream.pattern = Some(STREAM_NAME_PATTERN.to_owned());
+    }
+    // `expected_versions` is keyed by stream name.
+    if let Some(RefOr::T(Schema::Object(versions))) =
+        property(schemas, "MultiAppendRequest", "expected_versions")
+    {
+        versions.property_names = Some(Box::new(
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .pattern(Some(STREAM_NAME_PATTERN))
+                .into(),
+        ));
     }
     for name in ["AppendRequest", "MultiAppendRequest"] {
         if let Some(RefOr::T(Schema::Array(events))) = property(schemas, name, "events") {
@@ -335,8 +498,8 @@ fn property<'a>(
 }
 
 /// The document as JSON bytes, built once per application.
-pub fn document_json(limits: &Limits) -> Vec<u8> {
-    serde_json::to_vec(&document(limits)).unwrap_or_else(|_| b"{}".to_vec())
+pub fn document_json(limits: &Limits, metrics_public: bool) -> Vec<u8> {
+    serde_json::to_vec(&document(limits, metrics_public)).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 fn set_parameter_maximum(operation: &mut Operation, name: &str, max: u64) {

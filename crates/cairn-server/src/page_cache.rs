@@ -19,6 +19,8 @@ use cairn_core::{EventFilter, Position, Version};
 use cairn_store::Direction;
 use moka::sync::Cache;
 
+use cairn_projection::metrics as cache_metrics;
+
 use crate::metrics;
 
 /// The default budget: 64 MiB of encoded pages.
@@ -104,11 +106,26 @@ impl EventPageCache {
                     u32::try_from(key.weight().saturating_add(page.body.len())).unwrap_or(u32::MAX)
                 })
                 .support_invalidation_closures()
+                .eviction_listener(|_key, _page, cause| {
+                    cache_metrics::record_eviction(metrics::EVENT_PAGES_CACHE, cause);
+                })
                 .build()
         });
         Self {
             cache,
             deleted: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Sets the cache's size gauges (after its pending evictions), when it is on.
+    pub fn record_gauges(&self) {
+        if let Some(cache) = &self.cache {
+            cache.run_pending_tasks();
+            cache_metrics::record_cache_size(
+                metrics::EVENT_PAGES_CACHE,
+                cache.weighted_size(),
+                cache.policy().max_capacity().unwrap_or(0),
+            );
         }
     }
 
@@ -261,5 +278,85 @@ impl EventPageCache {
 impl Default for EventPageCache {
     fn default() -> Self {
         Self::new(DEFAULT_EVENT_PAGE_CACHE_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of one series (`name{labels}` exactly as rendered).
+    fn value_of(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    #[test]
+    fn a_full_cache_counts_its_evictions_and_stays_within_its_bytes() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            let cache = EventPageCache::new(8 * 1024);
+            for from in 0..40 {
+                cache.keep_stream_page(
+                    "order-1",
+                    Some(from),
+                    10,
+                    Direction::Forward,
+                    Bytes::from(vec![b'x'; 1000]),
+                );
+                // Read it back, so each page is popular enough to be admitted.
+                let _ = cache.stream_page("order-1", Some(from), 10, Direction::Forward);
+            }
+            cache.record_gauges();
+        });
+        let text = handle.render();
+        let evictions = value_of(
+            &text,
+            r#"cairn_cache_evictions_total{cache="event_pages",reason="size"}"#,
+        );
+        assert!(evictions.is_some_and(|count| count >= 20.0), "{text}");
+        let held = value_of(&text, r#"cairn_cache_bytes{cache="event_pages"}"#).unwrap();
+        assert!(held > 0.0 && held <= 8.0 * 1024.0, "{text}");
+        let capacity = value_of(&text, r#"cairn_cache_capacity_bytes{cache="event_pages"}"#);
+        assert_eq!(capacity, Some(8.0 * 1024.0));
+        assert_eq!(
+            value_of(
+                &text,
+                r#"cairn_cache_evictions_total{cache="event_pages",reason="expired"}"#
+            ),
+            Some(0.0),
+            "registered before the first expiry"
+        );
+    }
+
+    #[test]
+    fn a_deleted_streams_pages_are_not_counted_as_evictions() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            let cache = EventPageCache::new(1024 * 1024);
+            for from in 0..5 {
+                cache.keep_stream_page(
+                    "order-1",
+                    Some(from),
+                    10,
+                    Direction::Forward,
+                    Bytes::from_static(b"[]"),
+                );
+            }
+            cache.stream_deleted("order-1");
+            cache.record_gauges();
+        });
+        let text = handle.render();
+        assert_eq!(
+            value_of(
+                &text,
+                r#"cairn_cache_evictions_total{cache="event_pages",reason="size"}"#
+            ),
+            Some(0.0),
+            "{text}"
+        );
     }
 }

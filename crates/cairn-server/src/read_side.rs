@@ -44,6 +44,13 @@ pub(crate) fn status_to_wire(status: &ProjectionStatus) -> WireStatus {
         message: status.message.clone(),
         rebuild_progress: status.rebuild_progress.map(|progress| round(progress, 4)),
         plan_warnings: status.plan_warnings.iter().map(warning_to_wire).collect(),
+        owner: status.driving.map(|driving| {
+            if driving {
+                cairn_api::ProjectionOwner::ThisInstance
+            } else {
+                cairn_api::ProjectionOwner::AnotherInstance
+            }
+        }),
     }
 }
 

@@ -27,6 +27,7 @@ use http::{HeaderValue, StatusCode, header};
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::encode;
 use crate::metrics::{
@@ -217,15 +218,10 @@ impl Producer {
                     return End::Failed;
                 }
             };
-            let mut pushed = 0u64;
-            let mut outcome = Ok(());
-            for event in &events {
-                outcome = sink.push(event_frame(event)).await;
-                if outcome.is_err() {
-                    break;
-                }
-                pushed += 1;
-            }
+            let (pushed, outcome) = sink
+                .push_events(&events)
+                .instrument(delivery_span(&events))
+                .await;
             metrics::counter!(SUBSCRIPTION_EVENTS_TOTAL).increment(pushed);
             if let Err(end) = outcome {
                 return end;
@@ -242,6 +238,19 @@ struct FrameSink {
 }
 
 impl FrameSink {
+    /// Puts the events' frames in the buffer, in order; how many went in, and why the
+    /// rest did not.
+    async fn push_events(&self, events: &[RecordedEvent]) -> (u64, Result<(), End>) {
+        let mut pushed = 0u64;
+        for event in events {
+            if let Err(end) = self.push(event_frame(event)).await {
+                return (pushed, Err(end));
+            }
+            pushed += 1;
+        }
+        (pushed, Ok(()))
+    }
+
     /// Puts one frame in the buffer, waiting at most `slow_consumer_timeout` for room.
     async fn push(&self, frame: Bytes) -> Result<(), End> {
         tokio::select! {
@@ -256,6 +265,28 @@ impl FrameSink {
             }
         }
     }
+}
+
+/// With traces exported, the span of handing `events` to a subscriber, linked to each
+/// `$traceparent` they carry, and a child of it when there is just one. None when no
+/// event carries a trace context (or traces are off).
+fn delivery_span(events: &[RecordedEvent]) -> tracing::Span {
+    let contexts = cairn_store::trace::event_contexts(events);
+    if contexts.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: cairn_store::trace::SPAN_TARGET,
+        parent: None,
+        "sse.deliver",
+        otel.name = "sse deliver",
+        otel.kind = "producer",
+        events = events.len(),
+        first_position = events.first().map_or(0, |event| event.position),
+        last_position = events.last().map_or(0, |event| event.position),
+    );
+    cairn_store::trace::follow(&span, contexts, true);
+    span
 }
 
 /// `id: <position>\ndata: <event JSON on one line>\n\n`. Stored JSON is compact, and

@@ -67,6 +67,9 @@ macro_rules! conformance_suite {
             tail_catches_up_then_follows_live_writers,
             tail_recovers_from_lagging_and_large_commits,
             tail_filters,
+            import_keeps_everything_and_appends_continue,
+            import_rejects_a_bad_batch_whole,
+            import_continues_a_log_and_repeats_tombstones,
         );
     };
     (optional $factory:path) => {
@@ -530,6 +533,8 @@ pub async fn append_condition(store: SharedStore) {
         store.append(with_condition(1)).await.unwrap_err(),
         StoreError::ConditionFailed { after: 1, found: 3 }
     );
+    // Nothing is recorded after a position beyond the log, however large.
+    store.append(with_condition(u64::MAX)).await.unwrap();
     let by_type = AppendRequest {
         condition: Some(AppendCondition {
             query: EventFilter {
@@ -1441,4 +1446,283 @@ pub async fn group_filter_change_keeps_deliveries(store: SharedStore) {
     assert_eq!(groups.status("refilter").await.unwrap().in_flight, 2);
     groups.ack("refilter", &[1, 3]).await.unwrap();
     assert_eq!(groups.status("refilter").await.unwrap().checkpoint, 3);
+}
+
+/// An event as another store recorded it, for `import_events`.
+pub fn recorded(
+    position: u64,
+    name: &str,
+    version: u64,
+    recorded_at: i64,
+) -> cairn_core::RecordedEvent {
+    cairn_core::RecordedEvent {
+        id: Uuid::now_v7(),
+        stream: stream(name),
+        event_type: "Imported".to_owned(),
+        version,
+        position,
+        data: format!("{{\"p\":{position},\"s\":\"\\u00e9 \\\"q\\\"\"}}"),
+        metadata: "{\"$correlation_id\":\"c\"}".to_owned(),
+        tags: if position.is_multiple_of(2) {
+            vec!["even".to_owned(), format!("p:{position}")]
+        } else {
+            Vec::new()
+        },
+        recorded_at,
+    }
+}
+
+fn imported(events: &[cairn_core::RecordedEvent]) -> Vec<crate::ImportRecord> {
+    events
+        .iter()
+        .cloned()
+        .map(crate::ImportRecord::Event)
+        .collect()
+}
+
+async fn whole_log(store: &SharedStore) -> Vec<cairn_core::RecordedEvent> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store
+            .read_all(from, &EventFilter::default(), 7)
+            .await
+            .unwrap();
+        if page.events.is_empty() {
+            return events;
+        }
+        from = page.next_from_position;
+        events.extend(page.events);
+    }
+}
+
+pub async fn import_keeps_everything_and_appends_continue(store: SharedStore) {
+    // Times from the past, as an export from an older store has them.
+    let base = 1_600_000_000_000_000;
+    let events: Vec<_> = (1..=9u64)
+        .map(|position| {
+            let (name, version) = match position {
+                1..=4 => ("order-1", position - 1),
+                5 | 6 => ("order-2", position - 5),
+                _ => ("gone-1", position - 7),
+            };
+            recorded(position, name, version, base + (position as i64 / 2) * 1000)
+        })
+        .collect();
+    let mut records = imported(&events[..5]);
+    let summary = store.import_events(records.split_off(0)).await.unwrap();
+    assert_eq!(
+        (summary.head, summary.events, summary.tombstones),
+        (5, 5, 0)
+    );
+    records = imported(&events[5..]);
+    records.push(crate::ImportRecord::Tombstone(crate::Tombstone {
+        stream: stream("gone-1"),
+        version: 2,
+        deleted_at: base + 99_000,
+    }));
+    let summary = store.import_events(records).await.unwrap();
+    assert_eq!(
+        (summary.head, summary.events, summary.tombstones),
+        (9, 4, 1)
+    );
+
+    // Everything as it was: ids, versions, positions, data byte for byte, tags, times.
+    assert_eq!(whole_log(&store).await, events);
+    assert_eq!(store.head_position().await.unwrap(), 9);
+    assert_eq!(*store.watch_head().borrow(), 9);
+    let info = store.stream_info(&stream("order-1")).await.unwrap();
+    assert_eq!(
+        (
+            info.version,
+            info.position,
+            info.created_at,
+            info.updated_at
+        ),
+        (3, 4, events[0].recorded_at, events[3].recorded_at)
+    );
+    let tagged = store
+        .read_all(
+            1,
+            &EventFilter {
+                tags: vec!["even".into()],
+                ..EventFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tagged.events.len(), 4);
+    let by_category = store
+        .read_all(
+            1,
+            &EventFilter {
+                category: Some("order".into()),
+                ..EventFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_category.events.len(), 6);
+
+    // The tombstone stands, and is listed for the next export.
+    assert_eq!(
+        store.stream_info(&stream("gone-1")).await.unwrap_err(),
+        StoreError::StreamDeleted(stream("gone-1"))
+    );
+    assert_eq!(
+        append(
+            &store,
+            "gone-1",
+            ExpectedVersion::Any,
+            vec![event("E", "1")]
+        )
+        .await
+        .unwrap_err(),
+        StoreError::StreamDeleted(stream("gone-1"))
+    );
+    let tombstones = store.list_tombstones(None, 10).await.unwrap();
+    assert_eq!(
+        tombstones,
+        [crate::Tombstone {
+            stream: stream("gone-1"),
+            version: 2,
+            deleted_at: base + 99_000,
+        }]
+    );
+
+    // Appends continue after the import, in position and in version, and in time.
+    let result = append(
+        &store,
+        "order-1",
+        ExpectedVersion::Exact(3),
+        vec![event("E", "{}")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.first_position, 10);
+    assert_eq!(result.streams[0].first_version, 4);
+    let result = ok(&store, "order-3", 1).await;
+    assert_eq!(
+        (result.first_position, result.streams[0].first_version),
+        (11, 0)
+    );
+    let last = store.read_event(11).await.unwrap().unwrap();
+    assert!(last.recorded_at >= events[8].recorded_at);
+    assert_eq!(store.head_position().await.unwrap(), 11);
+    // Re-sent ids of imported events are recognised like any other.
+    assert!(matches!(
+        append(
+            &store,
+            "order-9",
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                id: events[0].id,
+                ..event("E", "{}")
+            }]
+        )
+        .await
+        .unwrap_err(),
+        StoreError::DuplicateEventId { .. }
+    ));
+}
+
+pub async fn import_rejects_a_bad_batch_whole(store: SharedStore) {
+    let rejected = |outcome: Result<crate::ImportSummary, crate::ImportError>| match outcome {
+        Err(crate::ImportError::Rejected { index, reason }) => (index, reason),
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    // A gap in the middle: nothing of the batch is written.
+    let mut events: Vec<_> = (1..=4).map(|p| recorded(p, "a-1", p - 1, 10)).collect();
+    events[3].position = 5;
+    let (index, reason) = rejected(store.import_events(imported(&events)).await);
+    assert_eq!(index, 3);
+    assert!(reason.contains("gap"), "{reason}");
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    assert!(whole_log(&store).await.is_empty());
+    assert_eq!(
+        store.stream_info(&stream("a-1")).await.unwrap_err(),
+        StoreError::StreamNotFound(stream("a-1"))
+    );
+
+    // A broken stream version.
+    let mut events: Vec<_> = (1..=3).map(|p| recorded(p, "a-1", p - 1, 10)).collect();
+    events[2].version = 5;
+    let (index, reason) = rejected(store.import_events(imported(&events)).await);
+    assert_eq!(index, 2);
+    assert!(reason.contains("version 5"), "{reason}");
+    assert!(whole_log(&store).await.is_empty());
+
+    // A log that does not start at the target's head.
+    let (index, reason) = rejected(
+        store
+            .import_events(imported(&[recorded(2, "a-1", 0, 10)]))
+            .await,
+    );
+    assert_eq!(index, 0);
+    assert!(reason.contains("gap"), "{reason}");
+
+    // An id the target holds already.
+    let appended = ok(&store, "a-1", 1).await;
+    assert_eq!(appended.last_position, 1);
+    let existing = store.read_event(1).await.unwrap().unwrap();
+    let mut twin = recorded(2, "b-1", 0, i64::MAX / 2);
+    twin.id = existing.id;
+    let (index, reason) = rejected(store.import_events(imported(&[twin])).await);
+    assert_eq!(index, 0);
+    assert!(reason.contains("exists already"), "{reason}");
+    // A position the target has taken.
+    let (_, reason) = rejected(
+        store
+            .import_events(imported(&[recorded(1, "b-1", 0, i64::MAX / 2)]))
+            .await,
+    );
+    assert!(reason.contains("taken"), "{reason}");
+    // Time going backwards from the target's last event.
+    let (_, reason) = rejected(
+        store
+            .import_events(imported(&[recorded(2, "b-1", 0, 1)]))
+            .await,
+    );
+    assert!(reason.contains("backwards"), "{reason}");
+    assert_eq!(whole_log(&store).await, [existing]);
+    assert_eq!(store.head_position().await.unwrap(), 1);
+}
+
+pub async fn import_continues_a_log_and_repeats_tombstones(store: SharedStore) {
+    // The target has events of its own (an earlier import that stopped halfway);
+    // an import continues it from its head, streams included.
+    ok(&store, "a-1", 2).await;
+    let later = cairn_core::now_micros() + 1_000_000;
+    let events = vec![recorded(3, "a-1", 2, later), recorded(4, "b-1", 0, later)];
+    let tombstone = crate::ImportRecord::Tombstone(crate::Tombstone {
+        stream: stream("a-1"),
+        version: 2,
+        deleted_at: later + 5,
+    });
+    let mut records = imported(&events);
+    records.push(tombstone.clone());
+    let summary = store.import_events(records).await.unwrap();
+    assert_eq!(summary.head, 4);
+    assert_eq!(whole_log(&store).await[2..], events[..]);
+    // Importing the tombstone again (a resumed import) changes nothing.
+    let summary = store.import_events(vec![tombstone]).await.unwrap();
+    assert_eq!(
+        (summary.head, summary.events, summary.tombstones),
+        (4, 0, 1)
+    );
+    assert_eq!(store.list_tombstones(None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list_tombstones(Some("a-1"), 10).await.unwrap(),
+        Vec::new()
+    );
+    // Later appends are not earlier than the imported times.
+    let result = ok(&store, "b-1", 1).await;
+    assert_eq!(
+        (result.first_position, result.streams[0].first_version),
+        (5, 1)
+    );
+    let appended = store.read_event(5).await.unwrap().unwrap();
+    assert!(appended.recorded_at >= later);
 }

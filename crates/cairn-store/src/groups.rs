@@ -14,9 +14,24 @@
 //!
 //! With [`GroupOrdering::PerStream`], two events of one stream are never in flight at
 //! once and are delivered in version order, while different streams go in parallel.
+//!
+//! # Several instances on one store
+//!
+//! Built with [`ConsumerGroups::shared`] (a store several instances share), an instance
+//! drives only the groups whose lease it holds ([`GroupLeases`]): their bookkeeping
+//! lives in its memory alone, so deliveries are never handed out by two instances at
+//! once and per-stream order holds across instances. A background task takes the
+//! leases of groups nobody drives (every [`OWNERSHIP_ROUND`], and at once when told of
+//! a created or released group), loading each from the store: its checkpoint and
+//! parked events as its previous owner last wrote them. When the lease session is
+//! lost, or a durable write is refused because another instance took the group over,
+//! the instance stops driving the group at once: waiting claims end with
+//! [`StoreError::GroupMoved`] and its in-flight bookkeeping is dropped. The new owner
+//! delivers again whatever was in flight (at least once; attempt counts restart).
+//! [`ConsumerGroups::route`] tells a caller whether a request is for this instance.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cairn_core::{EventFilter, Position, RecordedEvent, StreamName, now_micros};
@@ -26,8 +41,30 @@ use tokio::time::Instant;
 use crate::metrics as m;
 use crate::{SharedStore, StoreError};
 
+mod leases;
+
+pub use self::leases::{GroupLeases, GroupOwner, Lease};
+
 /// How many matching events a group keeps read ahead of its consumers.
 const READ_AHEAD: usize = 512;
+
+/// How often an instance sharing its store tries to take the groups nobody drives,
+/// and checks its lease session.
+pub const OWNERSHIP_ROUND: Duration = Duration::from_secs(1);
+
+/// Where a request for a group is to be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRoute {
+    /// This instance drives the group.
+    Here,
+    /// Another instance drives it (as last recorded): its advertised URL.
+    Owner(String),
+    /// The group exists, but no instance is known to drive it now (a takeover is under
+    /// way): a retry shortly will find its new owner.
+    Unowned,
+    /// There is no such group.
+    Missing,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GroupOrdering {
@@ -220,18 +257,30 @@ struct GroupState {
     done: BTreeSet<Position>,
     parked: u64,
     deleted: bool,
+    /// This instance stopped driving the group (its lease is gone).
+    moved: bool,
 }
 
 struct Group {
     name: String,
+    /// The lease epoch that fences this owner's durable writes; `None` for the only
+    /// process on its store.
+    epoch: Option<u64>,
+    /// The lease session the group was taken in.
+    session: u64,
     state: Mutex<GroupState>,
     changed: Notify,
 }
 
-/// Every consumer group of one store.
+/// Every consumer group of one store (or, sharing a store with other instances, every
+/// group this instance drives).
 pub struct ConsumerGroups {
     store: SharedStore,
     groups: RwLock<HashMap<String, Arc<Group>>>,
+    /// `None`: this process is the only one on its store and drives every group.
+    leases: Option<Arc<dyn GroupLeases>>,
+    /// One acquisition at a time.
+    acquiring: Mutex<()>,
 }
 
 impl ConsumerGroups {
@@ -239,21 +288,7 @@ impl ConsumerGroups {
     pub async fn load(store: SharedStore) -> Result<Self, StoreError> {
         let mut groups = HashMap::new();
         for record in store.load_groups().await? {
-            let parked = store.list_parked(&record.name, 0, usize::MAX).await?;
-            let mut replays = BTreeMap::new();
-            for entry in parked.iter().filter(|p| p.replaying) {
-                if let Some(event) = store.read_event(entry.position).await? {
-                    replays.insert(
-                        entry.position,
-                        Waiting {
-                            event: Arc::new(event),
-                            deliveries: 0,
-                            not_before: None,
-                        },
-                    );
-                }
-            }
-            let parked_count = parked.iter().filter(|p| !p.replaying).count() as u64;
+            let (parked_count, replays) = load_parked(&store, &record.name).await?;
             let group = Group::new(
                 record.name.clone(),
                 record.settings,
@@ -266,6 +301,253 @@ impl ConsumerGroups {
         Ok(Self {
             store,
             groups: RwLock::new(groups),
+            leases: None,
+            acquiring: Mutex::new(()),
+        })
+    }
+
+    /// The groups of a store that other instances share: this instance drives the
+    /// groups whose lease it holds. Takes every free lease before it returns, then
+    /// keeps taking free ones in the background for as long as it lives.
+    pub async fn shared(
+        store: SharedStore,
+        leases: Arc<dyn GroupLeases>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let groups = Arc::new(Self {
+            store,
+            groups: RwLock::new(HashMap::new()),
+            leases: Some(Arc::clone(&leases)),
+            acquiring: Mutex::new(()),
+        });
+        groups.ownership_round(&leases).await;
+        tokio::spawn(drive_ownership(Arc::downgrade(&groups), leases));
+        Ok(groups)
+    }
+
+    /// Whether other instances share the store (and a request may belong to another).
+    pub fn is_shared(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// This instance's advertised URL, when it shares its store.
+    pub fn advertise_url(&self) -> Option<&str> {
+        self.leases.as_deref().map(|leases| leases.advertise_url())
+    }
+
+    /// Where requests for the group are served. Takes no I/O for a group this instance
+    /// drives, nor on a store nobody else shares.
+    pub async fn route(&self, name: &str) -> Result<GroupRoute, StoreError> {
+        if self.groups.read().await.contains_key(name) {
+            return Ok(GroupRoute::Here);
+        }
+        let Some(leases) = &self.leases else {
+            return Ok(GroupRoute::Missing);
+        };
+        Ok(match leases.owner(name).await? {
+            None => GroupRoute::Missing,
+            Some(GroupOwner { url: Some(url), .. }) if url != leases.advertise_url() => {
+                GroupRoute::Owner(url)
+            }
+            Some(_) => GroupRoute::Unowned,
+        })
+    }
+
+    /// Tries at once to take the group over if no instance holds its lease (its owner
+    /// could not be reached, say), instead of waiting for the next ownership round.
+    /// Returns whether this instance drives it now.
+    pub async fn take_over_if_free(&self, name: &str) -> Result<bool, StoreError> {
+        self.acquire(name).await
+    }
+
+    /// Whether the group exists (driven here or, on a shared store, anywhere).
+    pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.route(name).await? != GroupRoute::Missing)
+    }
+
+    /// One round of ownership: lets go of groups of a lost lease session, checks the
+    /// session, and takes the lease of every group nobody drives.
+    async fn ownership_round(&self, leases: &Arc<dyn GroupLeases>) {
+        let session = *leases.session().borrow();
+        let stale: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .await
+            .values()
+            .filter(|group| group.session != session)
+            .cloned()
+            .collect();
+        for group in stale {
+            self.abandon(&group, "its lease session was lost").await;
+        }
+        if let Err(error) = leases.check().await {
+            tracing::warn!(%error, "consumer groups: no lease session; retrying");
+            return;
+        }
+        let records = match self.store.load_groups().await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, "consumer groups: cannot list the groups");
+                return;
+            }
+        };
+        let stored: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .await
+            .values()
+            .filter(|group| !stored.contains(group.name.as_str()))
+            .cloned()
+            .collect();
+        for group in gone {
+            self.abandon(&group, "it was deleted").await;
+        }
+        for record in &records {
+            if self.groups.read().await.contains_key(&record.name) {
+                continue;
+            }
+            if let Err(error) = self.acquire(&record.name).await {
+                tracing::warn!(group = record.name, %error, "could not take a consumer group");
+            }
+        }
+    }
+
+    /// Takes the group's lease if it is free and starts driving the group from its
+    /// stored state; `false` when another instance holds it.
+    async fn acquire(&self, name: &str) -> Result<bool, StoreError> {
+        let Some(leases) = &self.leases else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.acquiring.lock().await;
+        if self.groups.read().await.contains_key(name) {
+            return Ok(true);
+        }
+        let Some(lease) = leases.try_acquire(name).await? else {
+            return Ok(false);
+        };
+        // Loaded after the epoch moved: the previous owner can write nothing more.
+        let (parked, replays) = match load_parked(&self.store, name).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                leases.release(name).await;
+                return Err(error);
+            }
+        };
+        let mut groups = self.groups.write().await;
+        if *leases.session().borrow() != lease.session {
+            return Ok(false); // the session was lost meanwhile, and the lease with it
+        }
+        let record = lease.record;
+        let mut group = Group::new(
+            name.to_owned(),
+            record.settings,
+            record.checkpoint,
+            parked,
+            replays,
+        );
+        group.epoch = Some(lease.epoch);
+        group.session = lease.session;
+        groups.insert(name.to_owned(), Arc::new(group));
+        tracing::info!(
+            group = name,
+            epoch = lease.epoch,
+            checkpoint = record.checkpoint,
+            "consumer group taken: this instance drives it"
+        );
+        Ok(true)
+    }
+
+    /// Stops driving `group` (if it is still the one driven under its name): waiting
+    /// claims end with `GroupMoved`, its bookkeeping is dropped, its lease given back.
+    async fn abandon(&self, group: &Arc<Group>, why: &str) {
+        let removed = {
+            let mut groups = self.groups.write().await;
+            match groups.get(&group.name) {
+                Some(current) if Arc::ptr_eq(current, group) => {
+                    groups.remove(&group.name);
+                    true
+                }
+                _ => false,
+            }
+        };
+        group.state.lock().await.moved = true;
+        group.changed.notify_waiters();
+        if !removed {
+            return;
+        }
+        tracing::warn!(
+            group = group.name,
+            epoch = group.epoch,
+            why,
+            "consumer group released: this instance stops driving it"
+        );
+        if let Some(leases) = &self.leases
+            && group.session == *leases.session().borrow()
+        {
+            leases.release(&group.name).await;
+        }
+    }
+
+    /// Whether the lease session `group` was taken in is gone (never, without leases).
+    fn session_lost(&self, group: &Group) -> bool {
+        self.leases
+            .as_ref()
+            .is_some_and(|leases| *leases.session().borrow() != group.session)
+    }
+
+    /// Passes `result` on; a `GroupMoved` means another instance took `group` over, so
+    /// this one stops driving it first.
+    async fn unless_moved<T>(
+        &self,
+        group: &Arc<Group>,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(StoreError::GroupMoved(_)) = &result {
+            self.abandon(group, "another instance took it over").await;
+        }
+        result
+    }
+
+    /// Every group with its status: live for the groups driven here; for groups another
+    /// instance drives, as stored (checkpoint, lag, parked), with nothing in flight or
+    /// waiting counted.
+    pub async fn statuses(&self) -> Result<Vec<GroupStatus>, StoreError> {
+        let mut statuses = Vec::new();
+        if self.leases.is_none() {
+            for name in self.names().await {
+                match self.status(&name).await {
+                    Ok(status) => statuses.push(status),
+                    // Deleted since the names were taken.
+                    Err(StoreError::GroupNotFound(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            return Ok(statuses);
+        }
+        for record in self.store.load_groups().await? {
+            let driven = self.groups.read().await.get(&record.name).cloned();
+            let status = match driven {
+                Some(group) => self.status_of(&group).await?,
+                None => self.stored_status(record).await?,
+            };
+            statuses.push(status);
+        }
+        Ok(statuses)
+    }
+
+    /// A group's status from the store alone.
+    async fn stored_status(&self, record: GroupRecord) -> Result<GroupStatus, StoreError> {
+        let head_position = self.store.head_position().await?;
+        let parked = self.store.list_parked(&record.name, 0, usize::MAX).await?;
+        Ok(GroupStatus {
+            lag: head_position.saturating_sub(record.checkpoint),
+            name: record.name,
+            settings: record.settings,
+            checkpoint: record.checkpoint,
+            head_position,
+            in_flight: 0,
+            waiting: 0,
+            parked: parked.iter().filter(|p| !p.replaying).count() as u64,
         })
     }
 
@@ -298,6 +580,16 @@ impl ConsumerGroups {
         } else {
             let checkpoint = settings.from_position.saturating_sub(1);
             let record = self.store.save_group(name, &settings, checkpoint).await?;
+            if self.leases.is_some() {
+                // Shared: the creating instance takes the new group's lease, unless
+                // another instance was faster.
+                drop(groups);
+                tracing::info!(group = name, checkpoint, "consumer group created");
+                if !self.acquire(name).await? {
+                    return self.stored_status(record).await;
+                }
+                return self.status(name).await;
+            }
             let group = Group::new(
                 name.to_owned(),
                 record.settings,
@@ -315,11 +607,14 @@ impl ConsumerGroups {
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let group = self.groups.write().await.remove(name);
         let Some(group) = group else {
-            return Err(StoreError::GroupNotFound(name.to_owned()));
+            return Err(self.not_here(name).await);
         };
         group.state.lock().await.deleted = true;
         group.changed.notify_waiters();
         self.store.delete_group(name).await?;
+        if let Some(leases) = &self.leases {
+            leases.release(name).await;
+        }
         Ok(())
     }
 
@@ -330,18 +625,35 @@ impl ConsumerGroups {
     }
 
     async fn group(&self, name: &str) -> Result<Arc<Group>, StoreError> {
-        self.groups
-            .read()
-            .await
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::GroupNotFound(name.to_owned()))
+        let group = self.groups.read().await.get(name).cloned();
+        match group {
+            Some(group) => Ok(group),
+            None => Err(self.not_here(name).await),
+        }
+    }
+
+    /// Why a group is not driven here: there is no such group, or (on a shared store)
+    /// another instance drives it.
+    async fn not_here(&self, name: &str) -> StoreError {
+        match &self.leases {
+            Some(leases) if !matches!(leases.owner(name).await, Ok(None)) => {
+                StoreError::GroupMoved(name.to_owned())
+            }
+            _ => StoreError::GroupNotFound(name.to_owned()),
+        }
     }
 
     pub async fn status(&self, name: &str) -> Result<GroupStatus, StoreError> {
         let group = self.group(name).await?;
+        self.status_of(&group).await
+    }
+
+    async fn status_of(&self, group: &Group) -> Result<GroupStatus, StoreError> {
         let head_position = self.store.head_position().await?;
         let state = group.state.lock().await;
+        if state.moved || self.session_lost(group) {
+            return Err(StoreError::GroupMoved(group.name.clone()));
+        }
         let lag = head_position.saturating_sub(state.checkpoint);
         metrics::gauge!(m::GROUP_LAG, "group" => group.name.clone()).set(lag as f64);
         Ok(GroupStatus {
@@ -364,7 +676,21 @@ impl ConsumerGroups {
         wait: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
         let group = self.group(name).await?;
+        let claimed = self.claim_from(&group, max, wait).await;
+        self.unless_moved(&group, claimed).await
+    }
+
+    async fn claim_from(
+        &self,
+        group: &Arc<Group>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let name = group.name.as_str();
         let wait_until = Instant::now() + wait;
+        // A waiting claim ends as soon as the lease session is lost, whatever the
+        // ownership task is doing.
+        let mut session = self.leases.as_ref().map(|leases| leases.session());
         let mut head = self.store.watch_head();
         loop {
             head.borrow_and_update();
@@ -377,9 +703,12 @@ impl ConsumerGroups {
                 if state.deleted {
                     return Err(StoreError::GroupNotFound(name.to_owned()));
                 }
+                if state.moved || self.session_lost(group) {
+                    return Err(StoreError::GroupMoved(name.to_owned()));
+                }
                 let now = Instant::now();
                 let expired = state.expire(now);
-                self.park(&group.name, &mut state, expired).await?;
+                self.park(group, &mut state, expired).await?;
                 if state.waiting.len() < READ_AHEAD {
                     self.read_ahead(&mut state).await?;
                 }
@@ -387,7 +716,7 @@ impl ConsumerGroups {
                 let wake_at = state.next_wake(now);
                 (deliveries, wake_at)
             };
-            self.save_checkpoint(&group).await;
+            self.save_checkpoint(group).await;
             if !deliveries.is_empty() {
                 let redeliveries = deliveries.iter().filter(|d| d.attempt > 1).count();
                 metrics::counter!(m::GROUP_DELIVERIES, "group" => group.name.clone())
@@ -407,6 +736,7 @@ impl ConsumerGroups {
                 _ = head.changed() => {}
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
+                () = session_moved(&mut session) => {}
             }
         }
     }
@@ -414,10 +744,22 @@ impl ConsumerGroups {
     /// Acknowledges deliveries: they are done.
     pub async fn ack(&self, name: &str, positions: &[Position]) -> Result<Settled, StoreError> {
         let group = self.group(name).await?;
+        let settled = self.ack_in(&group, positions).await;
+        self.unless_moved(&group, settled).await
+    }
+
+    async fn ack_in(
+        &self,
+        group: &Arc<Group>,
+        positions: &[Position],
+    ) -> Result<Settled, StoreError> {
         let mut settled = Settled::default();
         let mut replays_done = Vec::new();
         {
             let mut state = group.state.lock().await;
+            if state.moved || self.session_lost(group) {
+                return Err(StoreError::GroupMoved(group.name.clone()));
+            }
             for &position in positions {
                 if let Some(flight) = state.in_flight.remove(&position) {
                     if flight.replay {
@@ -440,9 +782,9 @@ impl ConsumerGroups {
         }
         group.changed.notify_waiters();
         if !replays_done.is_empty() {
-            self.store.remove_parked(name, replays_done).await?;
+            self.remove_parked(group, replays_done).await?;
         }
-        self.save_checkpoint(&group).await;
+        self.save_checkpoint(group).await;
         Ok(settled)
     }
 
@@ -455,9 +797,22 @@ impl ConsumerGroups {
         retry_after: Duration,
     ) -> Result<Settled, StoreError> {
         let group = self.group(name).await?;
+        let settled = self.nack_in(&group, positions, retry_after).await;
+        self.unless_moved(&group, settled).await
+    }
+
+    async fn nack_in(
+        &self,
+        group: &Arc<Group>,
+        positions: &[Position],
+        retry_after: Duration,
+    ) -> Result<Settled, StoreError> {
         let mut settled = Settled::default();
         {
             let mut state = group.state.lock().await;
+            if state.moved || self.session_lost(group) {
+                return Err(StoreError::GroupMoved(group.name.clone()));
+            }
             let not_before = (!retry_after.is_zero()).then(|| Instant::now() + retry_after);
             let mut to_park = Vec::new();
             for &position in positions {
@@ -473,11 +828,11 @@ impl ConsumerGroups {
                 }
             }
             settled.parked = to_park.len();
-            self.park(&group.name, &mut state, to_park).await?;
+            self.park(group, &mut state, to_park).await?;
             state.advance_checkpoint();
         }
         group.changed.notify_waiters();
-        self.save_checkpoint(&group).await;
+        self.save_checkpoint(group).await;
         Ok(settled)
     }
 
@@ -500,8 +855,25 @@ impl ConsumerGroups {
         positions: Option<Vec<Position>>,
     ) -> Result<usize, StoreError> {
         let group = self.group(name).await?;
+        let replayed = self.replay_parked_in(&group, positions).await;
+        self.unless_moved(&group, replayed).await
+    }
+
+    async fn replay_parked_in(
+        &self,
+        group: &Arc<Group>,
+        positions: Option<Vec<Position>>,
+    ) -> Result<usize, StoreError> {
         let mut state = group.state.lock().await;
-        let marked = self.store.replay_parked(name, positions).await?;
+        if state.moved || self.session_lost(group) {
+            return Err(StoreError::GroupMoved(group.name.clone()));
+        }
+        let marked = match (&self.leases, group.epoch) {
+            (Some(leases), Some(epoch)) => {
+                leases.replay_parked(&group.name, epoch, positions).await?
+            }
+            _ => self.store.replay_parked(&group.name, positions).await?,
+        };
         let mut replayed = 0;
         for position in marked {
             if state.replays.contains_key(&position) || state.in_flight.contains_key(&position) {
@@ -551,13 +923,14 @@ impl ConsumerGroups {
 
     async fn park(
         &self,
-        name: &str,
+        group: &Group,
         state: &mut GroupState,
         entries: Vec<(Position, InFlight, &str)>,
     ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
+        let name = group.name.as_str();
         let now = now_micros();
         let mut parked = Vec::with_capacity(entries.len());
         for (position, flight, reason) in entries {
@@ -580,13 +953,31 @@ impl ConsumerGroups {
             count = parked.len(),
             "events parked after their last delivery"
         );
-        self.store.park_events(name, parked).await
+        match (&self.leases, group.epoch) {
+            (Some(leases), Some(epoch)) => leases.park_events(name, epoch, parked).await,
+            _ => self.store.park_events(name, parked).await,
+        }
+    }
+
+    /// Forgets parked events whose replay was acknowledged (fenced on a shared store).
+    async fn remove_parked(
+        &self,
+        group: &Group,
+        positions: Vec<Position>,
+    ) -> Result<(), StoreError> {
+        match (&self.leases, group.epoch) {
+            (Some(leases), Some(epoch)) => {
+                leases.remove_parked(&group.name, epoch, positions).await
+            }
+            _ => self.store.remove_parked(&group.name, positions).await,
+        }
     }
 
     /// Stores the checkpoint when it moved. A failure is logged, not returned: the
     /// checkpoint is saved again on the next move, and until then a restart only
-    /// redelivers (at least once).
-    async fn save_checkpoint(&self, group: &Group) {
+    /// redelivers (at least once). A refusal because another instance took the group
+    /// over (fencing) makes this one stop driving it.
+    async fn save_checkpoint(&self, group: &Arc<Group>) {
         let checkpoint = {
             let state = group.state.lock().await;
             if state.checkpoint <= state.saved_checkpoint {
@@ -594,15 +985,84 @@ impl ConsumerGroups {
             }
             state.checkpoint
         };
-        match self.store.save_checkpoint(&group.name, checkpoint).await {
+        let saved = match (&self.leases, group.epoch) {
+            (Some(leases), Some(epoch)) => {
+                leases.save_checkpoint(&group.name, epoch, checkpoint).await
+            }
+            _ => self.store.save_checkpoint(&group.name, checkpoint).await,
+        };
+        match saved {
             Ok(()) => {
                 let mut state = group.state.lock().await;
                 state.saved_checkpoint = state.saved_checkpoint.max(checkpoint);
+            }
+            Err(StoreError::GroupMoved(_)) => {
+                self.abandon(group, "another instance took it over").await;
             }
             Err(error) => {
                 tracing::warn!(group = group.name, %error, "could not save the checkpoint")
             }
         }
+    }
+}
+
+/// The group's parked events as loaded at start or takeover: how many are parked, and
+/// those being replayed, back in delivery.
+async fn load_parked(
+    store: &SharedStore,
+    name: &str,
+) -> Result<(u64, BTreeMap<Position, Waiting>), StoreError> {
+    let parked = store.list_parked(name, 0, usize::MAX).await?;
+    let mut replays = BTreeMap::new();
+    for entry in parked.iter().filter(|p| p.replaying) {
+        if let Some(event) = store.read_event(entry.position).await? {
+            replays.insert(
+                entry.position,
+                Waiting {
+                    event: Arc::new(event),
+                    deliveries: 0,
+                    not_before: None,
+                },
+            );
+        }
+    }
+    let parked_count = parked.iter().filter(|p| !p.replaying).count() as u64;
+    Ok((parked_count, replays))
+}
+
+/// Resolves when the lease session changes; never without leases (or once the
+/// leases are gone).
+async fn session_moved(session: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let changed = match session {
+        Some(receiver) => receiver.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The ownership task of an instance sharing its store: a round every
+/// [`OWNERSHIP_ROUND`], when a lease may have become free, and at once when the lease
+/// session is lost. Ends when the groups are dropped.
+async fn drive_ownership(groups: Weak<ConsumerGroups>, leases: Arc<dyn GroupLeases>) {
+    let mut session = leases.session();
+    let mut ticks = tokio::time::interval(OWNERSHIP_ROUND);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = leases.changed() => {}
+            changed = session.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let Some(groups) = groups.upgrade() else {
+            return;
+        };
+        groups.ownership_round(&leases).await;
     }
 }
 
@@ -616,6 +1076,8 @@ impl Group {
     ) -> Self {
         Self {
             name,
+            epoch: None,
+            session: 0,
             state: Mutex::new(GroupState {
                 settings,
                 checkpoint,
@@ -627,6 +1089,7 @@ impl Group {
                 done: BTreeSet::new(),
                 parked,
                 deleted: false,
+                moved: false,
             }),
             changed: Notify::new(),
         }

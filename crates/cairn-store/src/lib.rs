@@ -20,6 +20,7 @@ use cairn_core::{
 use uuid::Uuid;
 
 pub use groups::{GroupOrdering, GroupRecord, GroupSettings, ParkedEvent};
+pub use import::{ImportError, ImportRecord, ImportSummary, Tombstone};
 
 /// A read replica as `/health/ready` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +35,26 @@ pub struct ReplicaHealth {
     pub lag: u64,
 }
 
+/// The space a database takes on disk, for `cairn_database_size_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageSize {
+    /// Every byte, the write-ahead log included.
+    pub total_bytes: u64,
+    /// The SQLite write-ahead log; `None` on PostgreSQL (whose WAL is the server's).
+    pub wal_bytes: Option<u64>,
+}
+
 pub mod conformance;
 pub mod groups;
+pub mod import;
 pub mod metrics;
 pub mod postgres;
 pub mod sqlite;
 pub mod tail;
 #[cfg(feature = "pg-harness")]
 pub mod testing;
+pub mod trace;
+pub mod traced;
 
 /// Events of one commit, contiguous in position, as published to live readers.
 pub type LiveBatch = Arc<[RecordedEvent]>;
@@ -188,6 +201,10 @@ pub enum StoreError {
     IdempotencyKeyReused,
     #[error("consumer group {0} does not exist")]
     GroupNotFound(String),
+    /// This instance does not drive the group (any more): another instance took it
+    /// over, or this one lost its lock session. The request may succeed at the owner.
+    #[error("consumer group {0} is not driven by this instance")]
+    GroupMoved(String),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -199,6 +216,9 @@ fn fmt_actual(actual: Option<Version>) -> String {
 }
 
 /// An event store backend. Object safe: the server holds it as `Arc<dyn EventStore>`.
+///
+/// A method added here with a default body must also be forwarded by
+/// [`traced::TracedStore`], which wraps the store when traces are exported.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends atomically and durably; see the crate's invariants.
@@ -266,8 +286,48 @@ pub trait EventStore: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The space the store's database takes on disk; `None` when the backend cannot
+    /// tell (the default). May take I/O: for a background task, not per request.
+    async fn storage_size(&self) -> Result<Option<StorageSize>, StoreError> {
+        Ok(None)
+    }
+
+    /// Sets the store's sampled gauges (its pools' connections and waiters) from
+    /// in-memory counters; takes no I/O. Called before every scrape of `/metrics`.
+    fn record_gauges(&self) {}
+
     /// The event at `position`, if there is one.
     async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError>;
+
+    /// Writes a batch of events (and tombstones) recorded elsewhere, keeping their ids,
+    /// versions, positions and recorded times: `cairn import`. The batch must continue
+    /// the log exactly (see [`import`] for every rule); it is checked whole and written
+    /// in one transaction, so a rejected batch writes nothing. Later appends continue
+    /// after the last imported position. The default refuses: a store that cannot
+    /// keep positions as given cannot import.
+    async fn import_events(
+        &self,
+        records: Vec<ImportRecord>,
+    ) -> Result<ImportSummary, ImportError> {
+        drop(records);
+        Err(ImportError::Store(StoreError::Internal(
+            "this store cannot import events".into(),
+        )))
+    }
+
+    /// Deleted streams whose names come after `after`, in byte order, at most `limit`:
+    /// what `cairn export` writes as tombstones. The default has none to list only when
+    /// the store cannot delete streams, so it refuses instead.
+    async fn list_tombstones(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Internal(
+            "this store cannot list deleted streams".into(),
+        ))
+    }
 
     // Consumer groups' durable state. The delivery bookkeeping itself lives in memory
     // (`groups::ConsumerGroups`); these keep what must survive a restart.

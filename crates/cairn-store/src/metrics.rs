@@ -26,11 +26,28 @@ pub const GROUP_REDELIVERIES: &str = "cairn_group_redeliveries_total";
 /// Events parked after their last delivery, by group.
 pub const GROUP_PARKED: &str = "cairn_group_parked_total";
 
-/// PostgreSQL pool connections by pool (`primary`, `replica:<host:port/db>`) and
-/// state (`in_use`, `idle`), gauge.
+/// Pooled connections by pool and state (`in_use`, `idle`), gauge. The pools are the
+/// SQLite read pools (`events`, and `readmodels` for named queries) and PostgreSQL's
+/// (`primary`, `writer`, `replica:<host:port/db>`).
 pub const POOL_CONNECTIONS: &str = "cairn_pool_connections";
 /// Callers waiting for a pooled connection, gauge by pool.
 pub const POOL_WAITING: &str = "cairn_pool_waiting";
+/// Time from asking a pool for a connection to holding one, histogram in seconds by
+/// pool (for the SQLite pools this includes starting the blocking thread).
+pub const POOL_WAIT_SECONDS: &str = "cairn_pool_wait_seconds";
+/// Buckets of [`POOL_WAIT_SECONDS`]: an idle pool answers in microseconds, a starved
+/// one in up to the pool's wait timeout (seconds).
+pub const POOL_WAIT_BUCKETS: &[f64] = &[
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Bytes a database takes on disk, gauge by `database` (`events`, `readmodels`): a
+/// SQLite file with its write-ahead log, or PostgreSQL's `pg_database_size`.
+pub const DATABASE_SIZE_BYTES: &str = "cairn_database_size_bytes";
+/// Bytes of a SQLite database's write-ahead log (part of [`DATABASE_SIZE_BYTES`]),
+/// gauge by `database`; a WAL that keeps growing means checkpoints cannot finish.
+pub const DATABASE_WAL_BYTES: &str = "cairn_database_wal_bytes";
 /// Log positions a read replica has not replayed yet (the head this instance knows
 /// minus the replica's), gauge by replica.
 pub const REPLICA_LAG_POSITIONS: &str = "cairn_replica_lag_positions";
@@ -38,3 +55,11 @@ pub const REPLICA_LAG_POSITIONS: &str = "cairn_replica_lag_positions";
 pub const REPLICA_UP: &str = "cairn_replica_up";
 /// Reads served, by pool (`primary` or the replica's), counter.
 pub const STORE_READS: &str = "cairn_store_reads_total";
+
+/// Sets the size gauges of `database` (`events`, `readmodels`).
+pub fn record_database_size(database: &'static str, size: crate::StorageSize) {
+    metrics::gauge!(DATABASE_SIZE_BYTES, "database" => database).set(size.total_bytes as f64);
+    if let Some(wal) = size.wal_bytes {
+        metrics::gauge!(DATABASE_WAL_BYTES, "database" => database).set(wal as f64);
+    }
+}

@@ -3,10 +3,11 @@
 //! connection URLs are shown (never with their password).
 //!
 //! With PostgreSQL, events, streams and consumer groups (settings, checkpoints, parked
-//! events) live in the database and are shared by every instance on it. The read side
-//! (projections, `readmodels.db`) still lives in `--data-dir` of each instance:
-//! projections into PostgreSQL read models are not supported yet, so one instance
-//! should run them.
+//! events) live in the database and are shared by every instance on it, and so does
+//! the read side: projections write into the `cairn_readmodels` schema of the same
+//! database (each projection driven by one instance at a time, under an advisory
+//! lock) and queries run on replicas that have replayed far enough
+//! (`cairn_projection::PostgresReadModels`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct DatabaseSettings {
     pub url: String,
     pub replica_urls: Vec<String>,
     pub pool_size: usize,
+    /// Where the other instances reach this one (`--advertise-url`); `None`: the
+    /// address it binds, as `http://<listen address>`.
+    pub advertise_url: Option<String>,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -37,6 +41,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("url", &self.redacted_url())
             .field("replica_urls", &self.redacted_replica_urls())
             .field("pool_size", &self.pool_size)
+            .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }
@@ -74,6 +79,7 @@ impl DatabaseSettings {
             url: url.trim().to_owned(),
             replica_urls,
             pool_size,
+            advertise_url: None,
         }))
     }
 
@@ -110,6 +116,32 @@ impl DatabaseSettings {
             .with_context(place)?
             .with_context(place)?;
         Ok(Arc::new(store))
+    }
+}
+
+impl DatabaseSettings {
+    /// The consumer-group leases of this instance (its lock session on the primary),
+    /// advertising `advertise_url` to the other instances, which forward requests for
+    /// the groups it drives there.
+    pub async fn group_leases(
+        &self,
+        advertise_url: String,
+    ) -> anyhow::Result<Arc<dyn cairn_store::groups::GroupLeases>> {
+        let options = PostgresOptions::new(self.url.clone());
+        let leases = tokio::time::timeout(
+            CONNECT_DEADLINE,
+            cairn_store::postgres::PgGroupLeases::connect(&options, advertise_url),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", CONNECT_DEADLINE.as_secs()))
+        .and_then(|connected| connected.map_err(anyhow::Error::from))
+        .with_context(|| {
+            format!(
+                "cannot open the consumer groups' lock session on PostgreSQL at {}",
+                self.redacted_url()
+            )
+        })?;
+        Ok(leases)
     }
 }
 

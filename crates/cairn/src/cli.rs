@@ -18,7 +18,8 @@ Examples:
   cairn groups create billing --category order --ack-timeout 30s
   cairn projections list
   cairn query orders_by_customer customer=c-42 limit=10
-  cairn bench append-batch --clients 8 --duration 30s";
+  cairn bench append-batch --clients 8 --duration 30s
+  cairn top";
 
 const SERVE_EXAMPLES: &str = "\
 Settings come from flags, then CAIRN_* environment variables, then the --config file,
@@ -33,7 +34,20 @@ Examples:
   cairn serve --listen 0.0.0.0:7171 --data-dir /var/lib/cairn --log-format json
   CAIRN_REQUEST_TIMEOUT=10s cairn serve --config /etc/cairn/cairn.toml
   cairn serve --config examples/shop/cairn.toml --data-dir /tmp/shop
-  cairn serve --config cairn.toml --print-config";
+  cairn serve --config cairn.toml --print-config
+  cairn serve --listen 0.0.0.0:7443 --tls-cert /etc/cairn/cert.pem --tls-key /etc/cairn/key.pem
+
+With --tls-cert and --tls-key Cairn serves HTTPS only (HTTP/2 and HTTP/1.1); SIGHUP
+re-reads both files (and the API tokens) without a restart. Clients of a private CA
+pass --ca-cert, e.g. `cairn read order-17 --url https://cairn:7443 --ca-cert ca.pem`.
+
+Traces (OpenTelemetry over OTLP/gRPC) use the standard variables and are off unless an
+endpoint is set: OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+e.g. http://localhost:4317; OTEL_SERVICE_NAME [default: cairn]; OTEL_TRACES_SAMPLER and
+OTEL_TRACES_SAMPLER_ARG, e.g. parentbased_traceidratio and 0.01 for 1%; OTEL_BSP_*;
+OTEL_SDK_DISABLED=true turns them off. A write's W3C traceparent header is continued,
+and each event stores the trace context as $traceparent in its metadata.
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317 OTEL_SERVICE_NAME=cairn cairn serve";
 
 const APPEND_EXAMPLES: &str = "\
 Examples:
@@ -198,6 +212,73 @@ pub enum Command {
     /// Manage API tokens: create one (prints its secret and the block for cairn.toml).
     #[command(after_help = TOKEN_EXAMPLES)]
     Token(TokenArgs),
+    /// Watch a running Cairn live: request rates, latency, appends, lag, caches, pools, memory.
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
+    /// Write the whole log (or from a position) as JSON Lines, read straight from the store.
+    #[command(after_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+    /// Load a `cairn export` file into an empty store, keeping ids, versions, positions and times.
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Import(ImportArgs),
+}
+
+const EXPORT_EXAMPLES: &str = "\
+Examples:
+  cairn export --data-dir /var/lib/cairn --output cairn.jsonl
+  cairn export --database-url postgres://cairn:secret@db/cairn | gzip > cairn.jsonl.gz
+  cairn export --config /etc/cairn/cairn.toml --from-position 1000001 -o tail.jsonl
+
+The store is opened directly, as `cairn serve` would open it (--data-dir or
+--database-url, also from CAIRN_* variables and the --config file); no server is
+needed. The embedded store must not be in use by a running server; on PostgreSQL the
+export reads up to the head it found at start while servers keep running.
+
+The first line is a header {\"cairn_export\":1,\"from_position\",\"head_position\"}; then one
+event a line, in position order, as the HTTP API shows events (data and metadata byte for
+byte, recorded_at to the microsecond); then one {\"tombstone\":{...}} line per deleted
+stream (always all of them). Idempotency keys, consumer groups and read models are not
+exported. A progress bar is shown on a terminal.";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  cairn import cairn.jsonl --database-url postgres://cairn:secret@db/cairn
+  gunzip -c cairn.jsonl.gz | cairn import - --data-dir /var/lib/cairn-new
+  cairn import cairn.jsonl --database-url postgres://cairn:secret@db/cairn --resume
+
+The target must be empty. Records are imported in batches of --batch-size, each checked
+whole (positions gapless and continuing the target's head, stream versions contiguous,
+ids unique, times never going backwards, no event after a stream's tombstone) and
+written in one transaction: a bad line stops the import with its line number, and
+nothing of its batch is written; a file that ends before the head its header names is
+refused as cut short. Later appends continue after the last imported
+position. --resume continues an import that stopped: lines up to the target's head are
+checked against it and skipped. Idempotency keys are not imported (they protect retries
+against the source); set up consumer groups again; projections rebuild from the log.";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  cairn top
+  cairn top --url http://cairn-1:7171 --token \"$CAIRN_TOKEN\" --interval 2s
+  cairn top --once > frame.txt
+
+Every --interval the server's /metrics is read again and the screen redrawn: rates and
+p50/p99 latencies are over the last interval, gauges (head, lag, pools, memory) as they
+are now. /metrics needs any valid API token unless the server runs with
+--metrics-public. A server that cannot be reached is shown as an error line above the
+last frame and read again next interval. Ctrl-C quits.";
+
+/// `cairn top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between two frames; rates and percentiles are over it.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_arg)]
+    pub interval: std::time::Duration,
+    /// Print one frame (from two reads one --interval apart) without clearing the screen, then exit; fails if the server cannot be read.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 const TOKEN_EXAMPLES: &str = "\
@@ -293,6 +374,9 @@ pub struct ServeArgs {
     /// Live SSE subscriptions per token (per IP without auth); beyond, 429 [default: 100].
     #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS_PER_TOKEN", value_name = "N")]
     pub max_subscriptions_per_token: Option<usize>,
+    /// Consumer-group claims (long polls) in progress per token (per IP without auth); beyond, 429 [default: 100].
+    #[arg(long, env = "CAIRN_MAX_CLAIMS_PER_TOKEN", value_name = "N")]
+    pub max_claims_per_token: Option<usize>,
     /// Longest time a client may take to send a request's head, e.g. 10s; 0s for no limit [default: 10s].
     #[arg(long, env = "CAIRN_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
@@ -302,6 +386,12 @@ pub struct ServeArgs {
     /// Serve a non-loopback address without API tokens (anyone who can reach it can do anything).
     #[arg(long, env = "CAIRN_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve HTTPS: PEM file of the server's certificate chain (leaf first); needs --tls-key. Re-read on SIGHUP [default: plain HTTP].
+    #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Re-read on SIGHUP.
+    #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// PostgreSQL primary for the event store (postgres://USER:PASSWORD@HOST:PORT/DB); absent: the embedded SQLite in --data-dir.
     #[arg(long, env = "CAIRN_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
@@ -316,9 +406,58 @@ pub struct ServeArgs {
     /// Connections to the PostgreSQL primary, and to each replica, at most [default: 16].
     #[arg(long, env = "CAIRN_POOL_SIZE", value_name = "N")]
     pub pool_size: Option<usize>,
+    /// With PostgreSQL: the http:// URL other instances reach this one at; consumer-group requests are forwarded to the instance driving the group [default: http://<listen address>].
+    #[arg(long, env = "CAIRN_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// Redis shared by every instance for named-query results (redis://[:PASSWORD@]HOST:PORT[/DB]), behind the in-process cache; Redis down is a cache miss [default: none].
+    #[arg(long, env = "CAIRN_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
     /// Print the effective settings as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// Where `cairn export` and `cairn import` find the event store: as `cairn serve` does.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// TOML settings file of the server (its data_dir and database_url are used).
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder of the embedded database [default: ./cairn-data].
+    #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL event store (postgres://USER:PASSWORD@HOST:PORT/DB) instead of the embedded one.
+    #[arg(long, env = "CAIRN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// `cairn export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The first position to export; an export from position N continues a store whose head is N - 1 (`cairn import --resume`).
+    #[arg(long, value_name = "POSITION", default_value_t = 1)]
+    pub from_position: u64,
+    /// Write to this file instead of stdout (`-` is stdout).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `cairn import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The export to read; `-` or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Records checked and written in one transaction.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub batch_size: usize,
+    /// Continue an import into a store that is not empty: lines up to its head are checked and skipped.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Where the server is, for the client commands.
@@ -332,6 +471,18 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7171"
     )]
     pub url: String,
+    /// PEM file of a CA certificate to trust for https:// URLs, besides the system's (e.g. a private CA).
+    #[arg(long, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// API token sent as `Authorization: Bearer` (see `cairn token create`); needed
+    /// when the server has tokens configured.
+    #[arg(
+        long,
+        env = "CAIRN_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub request_limits: cairn_server::limits::RequestLimits,
     /// The event store on PostgreSQL; `None`: the embedded SQLite in `data_dir`.
     pub database: Option<crate::backend::DatabaseSettings>,
+    /// Serve HTTPS with this certificate (shared with whoever reloads it); `None`: HTTP.
+    pub tls: Option<Arc<cairn_server::tls::TlsCertificates>>,
 }
 
 /// The read side to run: without projections and queries, none is started (no
@@ -47,6 +49,8 @@ pub struct ReadSideConfig {
     pub strict_plans: bool,
     /// Log queries and statements slower than this; `None`: never.
     pub slow_query_threshold: Option<Duration>,
+    /// The shared query-result cache (`--redis-url`); `None`: in-process only.
+    pub redis: Option<cairn_projection::RedisCacheOptions>,
 }
 
 impl Default for ReadSideConfig {
@@ -58,6 +62,7 @@ impl Default for ReadSideConfig {
             batch_size: crate::settings::DEFAULT_PROJECTION_BATCH_SIZE,
             strict_plans: false,
             slow_query_threshold: Some(cairn_projection::DEFAULT_SLOW_QUERY_THRESHOLD),
+            redis: None,
         }
     }
 }
@@ -72,6 +77,8 @@ impl ReadSideConfig {
 pub struct RunningServer {
     /// The address actually bound (the port is known even when 0 was asked for).
     pub local_addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    tls: bool,
     shutdown: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
     store: SharedStore,
@@ -95,6 +102,17 @@ impl RunningServer {
                 Arc::new(store)
             }
         };
+        // With traces exported, storage calls are spans; otherwise they pay nothing.
+        let store: SharedStore = if cairn_store::trace::enabled() {
+            let system = if config.database.is_some() {
+                "postgresql"
+            } else {
+                "sqlite"
+            };
+            Arc::new(cairn_store::traced::TracedStore::new(store, system))
+        } else {
+            store
+        };
         let read_side = if config.read_side.is_empty() {
             None
         } else {
@@ -105,6 +123,15 @@ impl RunningServer {
             options.batch_size = read_side.batch_size;
             options.strict_plans = read_side.strict_plans;
             options.slow_query_threshold = read_side.slow_query_threshold.unwrap_or(Duration::MAX);
+            options.redis = read_side.redis.clone();
+            // With the event store on PostgreSQL the read models live there too, in
+            // their own schema, shared by every instance on the database.
+            options.postgres = config.database.as_ref().map(|database| {
+                let mut postgres = cairn_projection::PostgresReadModels::new(database.url.clone());
+                postgres.replica_urls = database.replica_urls.clone();
+                postgres.pool_size = config.read_connections.max(1);
+                postgres
+            });
             let started = ReadSide::start(
                 store.clone(),
                 options,
@@ -112,11 +139,16 @@ impl RunningServer {
                 read_side.queries,
             )
             .await
-            .with_context(|| {
-                format!(
+            .with_context(|| match &config.database {
+                Some(database) => format!(
+                    "cannot start the read side (projections and queries) in schema {} of {}",
+                    cairn_projection::DEFAULT_READ_MODEL_SCHEMA,
+                    database.redacted_url()
+                ),
+                None => format!(
                     "cannot start the read side (projections and queries) in {}",
                     config.data_dir.display()
-                )
+                ),
             });
             match started {
                 Ok(read_side) => Some(read_side),
@@ -126,33 +158,58 @@ impl RunningServer {
                 }
             }
         };
-        let mut state = AppState::open(store.clone(), config.limits, config.request_timeout)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot load the consumer groups in {}",
-                    config.data_dir.display()
-                )
-            })?;
-        if let Some(read_side) = &read_side {
-            state = state.with_read_side(Arc::clone(read_side));
-        }
-        state = state
-            .with_auth(config.auth)
-            .with_request_limits(config.request_limits);
+        // Bound before the consumer groups start: on PostgreSQL, this instance
+        // advertises its address to the others, which forward group requests to it.
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener
             .local_addr()
             .context("the listener has no address")?;
+        let state = match &config.database {
+            Some(database) => {
+                let advertise_url = match &database.advertise_url {
+                    Some(url) => url.clone(),
+                    None if config.tls.is_some() => {
+                        tracing::warn!(
+                            "consumer-group requests are forwarded between instances over plain \
+                             HTTP; with TLS, set --advertise-url to an http:// address the other \
+                             instances reach, or they cannot forward to this one"
+                        );
+                        format!("https://{local_addr}")
+                    }
+                    None => format!("http://{local_addr}"),
+                };
+                let leases = database.group_leases(advertise_url).await?;
+                AppState::open_shared(store.clone(), leases, config.limits, config.request_timeout)
+                    .await
+            }
+            None => AppState::open(store.clone(), config.limits, config.request_timeout).await,
+        };
+        let mut state = state.with_context(|| {
+            format!(
+                "cannot load the consumer groups in {}",
+                config.data_dir.display()
+            )
+        })?;
+        if let Some(read_side) = &read_side {
+            state = state.with_read_side(Arc::clone(read_side));
+        }
+        state = state
+            .with_auth(config.auth)
+            .with_request_limits(config.request_limits);
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
+        let tls = config.tls.is_some();
         let task = tokio::spawn(async move {
-            cairn_server::serve(listener, state, async move { signal.cancelled().await }).await
+            cairn_server::serve_tls(listener, state, config.tls, async move {
+                signal.cancelled().await
+            })
+            .await
         });
         Ok(Self {
             local_addr,
+            tls,
             shutdown,
             task,
             store,
@@ -162,7 +219,8 @@ impl RunningServer {
 
     /// The base URL of this server.
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The read side, when projections or queries are configured.

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod embedded;
 pub mod logging;
 pub mod settings;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => commands::query::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
         Command::Token(args) => commands::token::run(args).await,
+        Command::Top(args) => commands::top::run(args).await,
+        Command::Export(args) => commands::export::run(args).await,
+        Command::Import(args) => commands::import::run(args).await,
     }
 }
 

@@ -1,20 +1,89 @@
-//! Logs on stderr: one JSON object a line, or human-readable lines.
+//! Logs on stderr: one JSON object a line, or human-readable lines; and, beside them,
+//! the spans exported as OpenTelemetry traces when an exporter is configured
+//! ([`crate::telemetry`]).
 
 use std::io::IsTerminal;
 
+use opentelemetry_sdk::trace::SdkTracer;
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer as _, Registry};
 
 use crate::settings::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`; `format`
 /// `None` picks json when stderr is not a terminal and pretty when it is.
 pub fn init(format: Option<LogFormat>, level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
+    init_with_tracer(format, level, None)
+}
+
+/// [`init`], plus, given a tracer, a `tracing-opentelemetry` layer that exports Cairn's
+/// spans at `info` and above (whatever the log level) as traces. The spans made for the
+/// exporter only (target `cairn::otel`: storage calls, deliveries) never reach the log.
+pub fn init_with_tracer(
+    format: Option<LogFormat>,
+    level: &str,
+    tracer: Option<SdkTracer>,
+) -> anyhow::Result<()> {
+    let Some(tracer) = tracer else {
+        return init_logs_only(format, level);
+    };
+    let filter = log_filter(level)?;
+    let is_terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if is_terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let log_only = filter.and(filter_fn(|metadata| {
+        metadata.target() != cairn_store::trace::SPAN_TARGET
+    }));
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(log_only)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(is_terminal)
+            .compact()
+            .with_writer(std::io::stderr)
+            .with_filter(log_only)
+            .boxed(),
+    };
+    // Cairn's own spans and events only: the exporter's gRPC client must not trace
+    // itself.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter_fn(|metadata| {
+            metadata.target().starts_with("cairn") && *metadata.level() <= LevelFilter::INFO
+        }));
+    Registry::default()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
+}
+
+/// `RUST_LOG` when set, else `level`.
+fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    Ok(match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
             .map_err(|error| anyhow::anyhow!("invalid RUST_LOG {directives:?}: {error}"))?,
         _ => EnvFilter::try_new(level)
             .map_err(|error| anyhow::anyhow!("invalid log level {level:?}: {error}"))?,
-    };
+    })
+}
+
+/// The log layer alone, with its filter global: what runs without traces.
+fn init_logs_only(format: Option<LogFormat>, level: &str) -> anyhow::Result<()> {
+    let filter = log_filter(level)?;
     let is_terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if is_terminal {
         LogFormat::Pretty

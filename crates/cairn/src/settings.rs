@@ -84,14 +84,19 @@ pub struct RawSettings {
     pub rate_limit_per_second: Option<f64>,
     pub rate_limit_burst: Option<u32>,
     pub max_subscriptions_per_token: Option<usize>,
+    pub max_claims_per_token: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub metrics_public: Option<bool>,
     pub insecure_no_auth: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// File only: the API tokens.
     pub auth: Option<crate::auth_settings::RawAuth>,
     pub database_url: Option<String>,
     pub replica_urls: Option<Vec<String>>,
     pub pool_size: Option<usize>,
+    pub advertise_url: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl RawSettings {
@@ -116,12 +121,17 @@ impl RawSettings {
         "rate_limit_per_second",
         "rate_limit_burst",
         "max_subscriptions_per_token",
+        "max_claims_per_token",
         "header_read_timeout",
         "metrics_public",
         "insecure_no_auth",
+        "tls_cert",
+        "tls_key",
         "database_url",
         "replica_urls",
         "pool_size",
+        "advertise_url",
+        "redis_url",
     ];
 
     /// The arrays of tables the file may hold (file only: no flag, no variable).
@@ -162,13 +172,18 @@ impl RawSettings {
             rate_limit_per_second: args.rate_limit_per_second,
             rate_limit_burst: args.rate_limit_burst,
             max_subscriptions_per_token: args.max_subscriptions_per_token,
+            max_claims_per_token: args.max_claims_per_token,
             header_read_timeout: args.header_read_timeout.clone(),
             metrics_public: args.metrics_public.then_some(true),
             insecure_no_auth: args.insecure_no_auth.then_some(true),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
             auth: None,
             database_url: args.database_url.clone(),
             replica_urls: (!args.replica_urls.is_empty()).then(|| args.replica_urls.clone()),
             pool_size: args.pool_size,
+            advertise_url: args.advertise_url.clone(),
+            redis_url: args.redis_url.clone(),
         }
     }
 }
@@ -210,8 +225,24 @@ pub struct Settings {
     pub metrics_public: bool,
     /// Serve a non-loopback address without tokens.
     pub insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// The event store on PostgreSQL instead of the embedded SQLite.
     pub database: Option<crate::backend::DatabaseSettings>,
+    /// Where other instances on the same PostgreSQL reach this one (consumer-group
+    /// requests are forwarded to the instance driving the group); `None`: the scheme
+    /// and the address actually bound (`http://<listen address>`).
+    pub advertise_url: Option<String>,
+    /// The shared query-result cache (Redis); `None`: in-process only. `Debug` hides
+    /// the password.
+    pub redis: Option<cairn_projection::RedisCacheOptions>,
+}
+
+/// The PEM files of `cairn serve`'s TLS certificate (chain, leaf first) and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where a value came from, for error messages.
@@ -435,6 +466,13 @@ impl Settings {
                 "max_subscriptions_per_token",
                 defaults.max_subscriptions_per_token,
             )?,
+            max_claims_per_token: positive(
+                &over.max_claims_per_token,
+                &file.max_claims_per_token,
+                "max-claims-per-token",
+                "max_claims_per_token",
+                defaults.max_claims_per_token,
+            )?,
             header_read_timeout,
         };
         let tokens = crate::auth_settings::tokens_from(file.auth.as_ref()).map_err(|error| {
@@ -446,6 +484,31 @@ impl Settings {
             pick(&over.metrics_public, &file.metrics_public).is_some_and(|(value, _)| *value);
         let insecure_no_auth =
             pick(&over.insecure_no_auth, &file.insecure_no_auth).is_some_and(|(value, _)| *value);
+        let tls = match (
+            pick(&over.tls_cert, &file.tls_cert),
+            pick(&over.tls_key, &file.tls_key),
+        ) {
+            (None, None) => None,
+            (Some((cert, _)), Some((key, _))) => {
+                if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
+                    bail!("invalid tls_cert or tls_key: a TLS file path must not be empty");
+                }
+                Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            (Some((_, from_file)), None) => bail!(
+                "{} is set but not --tls-key (or CAIRN_TLS_KEY, `tls_key`): TLS needs both the \
+                 certificate and its private key",
+                origin("tls-cert", "tls_cert").describe(from_file)
+            ),
+            (None, Some((_, from_file))) => bail!(
+                "{} is set but not --tls-cert (or CAIRN_TLS_CERT, `tls_cert`): TLS needs both the \
+                 certificate and its private key",
+                origin("tls-key", "tls_key").describe(from_file)
+            ),
+        };
         let database = crate::backend::DatabaseSettings::resolve(
             pick(&over.database_url, &file.database_url).map(|(value, from_file)| {
                 (
@@ -467,6 +530,32 @@ impl Settings {
                 crate::backend::DEFAULT_POOL_SIZE,
             )?,
         )?;
+        let advertise_url = match pick(&over.advertise_url, &file.advertise_url) {
+            Some((value, from_file)) => Some(parse_advertise_url(value).map_err(|error| {
+                anyhow::anyhow!(
+                    "invalid {}: {error}",
+                    origin("advertise-url", "advertise_url").describe(from_file)
+                )
+            })?),
+            None => None,
+        };
+        let redis = match pick(&over.redis_url, &file.redis_url) {
+            Some((value, from_file)) => {
+                let url = value.trim();
+                cairn_projection::check_redis_url(url).map_err(|error| {
+                    anyhow::anyhow!(
+                        "invalid {}: {error}",
+                        origin("redis-url", "redis_url").describe(from_file)
+                    )
+                })?;
+                Some(cairn_projection::RedisCacheOptions::new(url))
+            }
+            None => None,
+        };
+        let database = database.map(|database| crate::backend::DatabaseSettings {
+            advertise_url: advertise_url.clone(),
+            ..database
+        });
         Ok(Settings {
             listen,
             data_dir,
@@ -487,7 +576,10 @@ impl Settings {
             request_limits,
             metrics_public,
             insecure_no_auth,
+            tls,
             database,
+            advertise_url,
+            redis,
         })
     }
 
@@ -516,15 +608,57 @@ impl Settings {
             "rate_limit_per_second": self.request_limits.rate_limit_per_second,
             "rate_limit_burst": self.request_limits.rate_limit_burst,
             "max_subscriptions_per_token": self.request_limits.max_subscriptions_per_token,
+            "max_claims_per_token": self.request_limits.max_claims_per_token,
             "header_read_timeout": format_duration(self.request_limits.header_read_timeout),
             "metrics_public": self.metrics_public,
             "insecure_no_auth": self.insecure_no_auth,
+            "tls_cert": self.tls.as_ref().map(|tls| tls.cert.display().to_string()),
+            "tls_key": self.tls.as_ref().map(|tls| tls.key.display().to_string()),
             "tokens": self.tokens.len(),
             "database_url": self.database.as_ref().map(|database| database.redacted_url()),
             "replica_urls": self.database.as_ref().map_or_else(Vec::new, |database| database.redacted_replica_urls()),
             "pool_size": self.database.as_ref().map_or(crate::backend::DEFAULT_POOL_SIZE, |database| database.pool_size),
+            "advertise_url": self.advertise_url,
+            "redis_url": self.redis.as_ref().map(|redis| cairn_projection::redact_redis_url(&redis.url)),
         })
     }
+}
+
+/// An advertised base URL: `http://HOST:PORT` (a trailing `/` is dropped), reachable
+/// by the other instances. Forwarding between instances speaks plain HTTP.
+pub fn parse_advertise_url(value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    let bad = |why: &str| {
+        format!(
+            "{value:?} {why}; write the http:// URL other instances reach this one at, \
+             e.g. http://10.0.0.5:7171"
+        )
+    };
+    let Some(rest) = value.strip_prefix("http://") else {
+        return Err(bad("is not an http:// URL"));
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        return Err(bad("must be a scheme and host[:port] only"));
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => return Err(bad("has an unclosed [")),
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !host_ok || port.is_some_and(|port| port.parse::<u16>().is_err()) {
+        return Err(bad("is not a valid host[:port]"));
+    }
+    Ok(value.to_owned())
 }
 
 fn parse_listen(value: &str) -> anyhow::Result<SocketAddr> {
@@ -625,6 +759,66 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn advertise_urls_are_http_host_and_port() {
+        for (given, kept) in [
+            ("http://10.0.0.5:7171", "http://10.0.0.5:7171"),
+            (
+                "http://cairn-1.internal:7171/",
+                "http://cairn-1.internal:7171",
+            ),
+            (" http://[::1]:7171 ", "http://[::1]:7171"),
+            ("http://cairn", "http://cairn"),
+        ] {
+            assert_eq!(parse_advertise_url(given).as_deref(), Ok(kept), "{given}");
+        }
+        for bad in [
+            "",
+            "10.0.0.5:7171",
+            "https://cairn:7171",
+            "http://",
+            "http://cairn:7171/v1",
+            "http://user@cairn:7171",
+            "http://cairn:notaport",
+            "http://[::1",
+            "http://ca irn",
+        ] {
+            let error = parse_advertise_url(bad).unwrap_err();
+            assert!(error.contains("http://"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_advertise_url_reaches_the_database_settings() {
+        let file = RawSettings::parse(
+            "database_url = \"postgres://db/cairn\"\nadvertise_url = \"http://10.1.2.3:7171\"",
+        )
+        .unwrap();
+        let settings = Settings::merge(&RawSettings::default(), &file, None).unwrap();
+        assert_eq!(
+            settings.database.unwrap().advertise_url.as_deref(),
+            Some("http://10.1.2.3:7171")
+        );
+        assert_eq!(
+            settings.advertise_url.as_deref(),
+            Some("http://10.1.2.3:7171")
+        );
+        let error = Settings::merge(
+            &RawSettings {
+                advertise_url: Some("10.1.2.3:7171".into()),
+                ..RawSettings::default()
+            },
+            &file,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("--advertise-url (or CAIRN_ADVERTISE_URL)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 mod behaviour;
 mod plans;
+mod postgres;
 mod read_models;
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;

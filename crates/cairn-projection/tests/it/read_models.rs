@@ -1,5 +1,6 @@
 //! Given these events, expect these rows.
 
+use crate::postgres::check_both;
 use crate::{Ev, check};
 
 /// PRODUCT.md §3, verbatim.
@@ -22,7 +23,7 @@ cache_ttl = "5s"   # optional; results are also invalidated when their projectio
 
 #[tokio::test]
 async fn the_orders_example() {
-    check(
+    check_both(
         "orders_example",
         ORDERS,
         &[
@@ -115,7 +116,7 @@ OrderShipped = ["INSERT INTO shipped VALUES (:data.id, :stream)"]
 name = "shipped"
 sql = "SELECT id, stream FROM shipped ORDER BY id"
 "#;
-    check(
+    check_both(
         "filter_by_type",
         config,
         &[
@@ -182,7 +183,7 @@ async fn injection_in_event_data_is_only_data() {
     let hostile = r#"x'); DROP TABLE orders; --"#;
     let data =
         serde_json::json!({"id": hostile, "customer": "c1' OR '1'='1", "total": 1}).to_string();
-    check(
+    check_both(
         "injection_in_data",
         ORDERS,
         &[

@@ -65,7 +65,7 @@ pub async fn append_to_streams(
         ("category" = Option<String>, Query, description = "Only events of streams in this category (the part of the name before the first `-`)."),
         ("types" = Option<String>, Query, description = "Comma-separated event types; an event matches any of them."),
         ("tags" = Option<String>, Query, description = "Comma-separated tags; an event must carry all of them."),
-        ("stream" = Option<String>, Query, description = "Only events of this stream.", pattern = r"^[A-Za-z0-9_.:@-]{1,200}$"),
+        ("stream" = Option<String>, Query, description = "Only events of this stream (empty: no such filter).", pattern = r"^([A-Za-z0-9_.:@-]{1,200})?$"),
     ),
     responses(
         (status = 200, description = "A page of the log; continue from `next_from_position`.", body = ReadAllResponse),

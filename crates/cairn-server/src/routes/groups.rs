@@ -1,20 +1,20 @@
 //! `/v1/groups…`: consumer groups (competing consumers, at-least-once delivery).
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use cairn_api::{
     AckRequest, ClaimRequest, ClaimResponse, ErrorBody, GroupList, GroupRequest, GroupStatus,
     NackRequest, ParkedList, ReplayParkedRequest, ReplayParkedResponse, SettleResponse,
 };
-use cairn_store::StoreError;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::AppState;
 use crate::error::{ApiError, json_response};
 use crate::extract::{
     GroupPath, ParkedQuery, content_length, decode_json, read_body, read_json_body,
 };
+use crate::forward::{self, Routed};
 use crate::groups;
 use crate::middleware::Commitment;
 use crate::openapi::ServerErrors;
@@ -43,15 +43,23 @@ pub async fn put_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
+        .await?
+    {
+        Routed::Here(body) => body,
+        Routed::Forwarded(response) => return Ok(response),
+    };
     let bytes = read_body(body, content_length(&headers), state.limits.max_body_bytes).await?;
     let request: GroupRequest = decode_json(&bytes, &state.limits)?;
     groups::check_filter_is_an_object(&bytes)?;
     let settings = groups::settings_from_request(&request)?;
     let _admin = state.group_admin.lock().await;
-    let existed = state.groups.names().await.contains(&group);
+    let existed = state.groups.exists(&group).await?;
     commitment.commit();
     let status = state.groups.put(&group, settings).await?;
     let code = if existed {
@@ -74,15 +82,16 @@ pub async fn put_group(
     )
 )]
 pub async fn list_groups(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut list = GroupList { groups: Vec::new() };
-    for name in state.groups.names().await {
-        match state.groups.status(&name).await {
-            Ok(status) => list.groups.push(groups::status_to_wire(&status)),
-            // Deleted since the names were taken.
-            Err(StoreError::GroupNotFound(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
+    // With several instances, groups driven elsewhere show their stored state.
+    let list = GroupList {
+        groups: state
+            .groups
+            .statuses()
+            .await?
+            .iter()
+            .map(groups::status_to_wire)
+            .collect(),
+    };
     Ok(json_body(StatusCode::OK, &list))
 }
 
@@ -105,7 +114,12 @@ pub async fn list_groups(State(state): State<AppState>) -> Result<Response, ApiE
 pub async fn get_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
+    commitment: Commitment,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
+        return Ok(response);
+    }
     let status = state.groups.status(&group).await?;
     Ok(json_body(StatusCode::OK, &groups::status_to_wire(&status)))
 }
@@ -130,7 +144,11 @@ pub async fn delete_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
+        return Ok(response);
+    }
     let _admin = state.group_admin.lock().await;
     commitment.commit();
     state.groups.delete(&group).await?;
@@ -160,9 +178,17 @@ pub async fn claim(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
+        .await?
+    {
+        Routed::Here(body) => body,
+        Routed::Forwarded(response) => return Ok(response),
+    };
     let request: ClaimRequest = read_json_body(&headers, body, &state.limits).await?;
     let claim = groups::claim_from_request(request)?;
     // A claim puts what it hands out in flight: once started it must answer, or the
@@ -176,10 +202,9 @@ pub async fn claim(
         count = deliveries.len(),
         "claimed"
     );
-    Ok(json_response(
-        StatusCode::OK,
-        groups::claim_body(&deliveries),
-    ))
+    let body = groups::delivery_span(&group, &claim.consumer, &deliveries)
+        .in_scope(|| groups::claim_body(&deliveries));
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// Acknowledge deliveries: they are done.
@@ -204,9 +229,17 @@ pub async fn ack(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
+        .await?
+    {
+        Routed::Here(body) => body,
+        Routed::Forwarded(response) => return Ok(response),
+    };
     let request: AckRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = groups::check_positions(&request.positions)?;
     commitment.commit();
@@ -237,9 +270,17 @@ pub async fn nack(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
+        .await?
+    {
+        Routed::Here(body) => body,
+        Routed::Forwarded(response) => return Ok(response),
+    };
     let request: NackRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = groups::check_positions(&request.positions)?;
     let retry_after = groups::retry_after(request.retry_after_ms)?;
@@ -270,7 +311,12 @@ pub async fn list_parked(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     query: ParkedQuery,
+    commitment: Commitment,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
+        return Ok(response);
+    }
     let parked = state
         .groups
         .parked(&group, query.after, query.limit)
@@ -302,9 +348,17 @@ pub async fn replay_parked(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
+        .await?
+    {
+        Routed::Here(body) => body,
+        Routed::Forwarded(response) => return Ok(response),
+    };
     let request: ReplayParkedRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = match request.positions {
         Some(positions) => Some(groups::check_positions(&positions)?.to_vec()),

@@ -72,7 +72,10 @@ pub const ROUTES: [&str; 24] = [
 /// The whole application with its middleware: observation (log line, metrics,
 /// timeout) outermost, then panic capture, then routing.
 pub fn router(state: AppState) -> Router {
-    let openapi = ops::OpenApiDocument(Bytes::from(crate::openapi::document_json(&state.limits)));
+    let openapi = ops::OpenApiDocument(Bytes::from(crate::openapi::document_json(
+        &state.limits,
+        state.auth.metrics_public,
+    )));
     Router::new()
         .route(
             STREAM_EVENTS,

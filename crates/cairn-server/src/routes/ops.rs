@@ -95,6 +95,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(read_side) = &state.read_side {
         crate::metrics::record_projections(&read_side.projections().await);
     }
+    crate::sampled::record_gauges(&state).await;
     let text = tokio::task::spawn_blocking(crate::metrics::render)
         .await
         .unwrap_or_default();

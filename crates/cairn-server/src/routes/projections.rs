@@ -52,6 +52,7 @@ pub async fn list_projections(State(state): State<AppState>) -> Response {
     ),
     responses(
         (status = 200, description = "The projection's status.", body = ProjectionStatus),
+        (status = 400, description = "`invalid_request`: the name in the path is not valid percent-encoded UTF-8.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection (with `projection`).", body = ErrorBody),
         ServerErrors,
     )
@@ -78,6 +79,7 @@ pub async fn get_projection(
     ),
     responses(
         (status = 200, description = "The projection runs again from its checkpoint; its status as it restarts.", body = ProjectionStatus),
+        (status = 400, description = "`invalid_request`: the name in the path is not valid percent-encoded UTF-8.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection (with `projection`).", body = ErrorBody),
         ServerErrors,
     )
@@ -109,6 +111,7 @@ pub async fn restart_projection(
     ),
     responses(
         (status = 200, description = "The rebuild has started; the projection's status.", body = ProjectionStatus),
+        (status = 400, description = "`invalid_request`: the name in the path is not valid percent-encoded UTF-8.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection (with `projection`).", body = ErrorBody),
         ServerErrors,
     )

@@ -97,6 +97,7 @@ pub async fn list_queries(State(state): State<AppState>) -> Response {
     ),
     responses(
         (status = 200, description = "The query's status.", body = QueryStatus),
+        (status = 400, description = "`invalid_request`: the name in the path is not valid percent-encoded UTF-8.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such query (with `query`).", body = ErrorBody),
         ServerErrors,
     )

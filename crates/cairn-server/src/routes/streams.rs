@@ -157,7 +157,7 @@ pub async fn stream_info(
     operation_id = "delete_stream",
     params(
         ("stream" = String, Path, description = "The stream name.", pattern = r"^[A-Za-z0-9_.:@-]{1,200}$"),
-        ("expected_version" = Option<String>, Query, description = "A version (an integer ≥ 0), `no_stream`, `exists` or `any` (default).", pattern = r"^([0-9]{1,19}|no_stream|exists|any)$"),
+        ("expected_version" = Option<String>, Query, description = "A version (an integer ≥ 0), `no_stream`, `exists` or `any` (the default, also when empty).", pattern = r"^([0-9]{1,19}|no_stream|exists|any)?$"),
     ),
     responses(
         (status = 204, description = "The stream is deleted."),

@@ -26,7 +26,7 @@ use crate::openapi::ServerErrors;
         ("category" = Option<String>, Query, description = "Only events of streams in this category (the part of the name before the first `-`)."),
         ("types" = Option<String>, Query, description = "Comma-separated event types; an event matches any of them."),
         ("tags" = Option<String>, Query, description = "Comma-separated tags; an event must carry all of them."),
-        ("stream" = Option<String>, Query, description = "Only events of this stream.", pattern = r"^[A-Za-z0-9_.:@-]{1,200}$"),
+        ("stream" = Option<String>, Query, description = "Only events of this stream (empty: no such filter).", pattern = r"^([A-Za-z0-9_.:@-]{1,200})?$"),
         ("Last-Event-ID" = Option<String>, Header, description = "The position of the last event received: the stream resumes after it. Wins over `from_position`.", nullable = false, pattern = r"^[0-9]{1,19}$"),
     ),
     responses(

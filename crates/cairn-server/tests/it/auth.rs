@@ -486,6 +486,77 @@ async fn one_subscription_too_many_is_answered_429() {
 }
 
 #[tokio::test]
+async fn one_claim_too_many_in_progress_is_answered_429() {
+    let server = server(
+        false,
+        RequestLimits {
+            max_claims_per_token: 1,
+            ..RequestLimits::default()
+        },
+    )
+    .await;
+    let created = call(&server, "PUT", "/v1/groups/billing", Some(ADMIN), "{}").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    // A claim waiting for events holds the reader's only claim slot.
+    let waiting = tokio::spawn(server.app.clone().oneshot(request(
+        "POST",
+        "/v1/groups/billing/claim",
+        Some(READER),
+        Some(r#"{"consumer": "a", "wait_ms": 60000}"#.to_owned()),
+    )));
+    crate::wait_for(
+        "the first claim is waiting",
+        Duration::from_secs(10),
+        || server.state.guard.claims_in_progress() == 1,
+    )
+    .await;
+    let before = server.head().await;
+    let reply = call(
+        &server,
+        "POST",
+        "/v1/groups/billing/claim",
+        Some(READER),
+        r#"{"consumer": "b"}"#,
+    )
+    .await;
+    reply.assert_error(429, "rate_limited");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(server.head().await, before);
+    // Another token has its own claims.
+    let other = call(
+        &server,
+        "POST",
+        "/v1/groups/billing/claim",
+        Some(ADMIN),
+        r#"{"consumer": "c"}"#,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    // An event ends the wait, and the slot is given back.
+    let appended = call(
+        &server,
+        "POST",
+        "/v1/streams/order-1/events",
+        Some(APPENDER),
+        r#"{"events": [{"type": "Placed", "data": {}}]}"#,
+    )
+    .await;
+    assert_eq!(appended.status, StatusCode::CREATED, "{}", appended.text());
+    let first = waiting.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(server.state.guard.claims_in_progress(), 0);
+    let again = call(
+        &server,
+        "POST",
+        "/v1/groups/billing/claim",
+        Some(READER),
+        r#"{"consumer": "b"}"#,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+}
+
+#[tokio::test]
 async fn a_client_that_sends_its_request_head_slowly_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (store, _dir) = temporary_store();

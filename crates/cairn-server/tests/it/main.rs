@@ -5,6 +5,7 @@ mod append;
 mod auth;
 mod groups;
 mod malformed;
+mod openapi;
 mod ops;
 mod page_cache;
 mod props;
@@ -13,6 +14,7 @@ mod read_side;
 mod read_side_plans;
 mod subscribe;
 mod timeouts;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

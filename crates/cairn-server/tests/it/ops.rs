@@ -217,7 +217,9 @@ async fn the_openapi_document_lists_every_route() {
             .keys()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        ["200", "201", "400", "413", "500", "503"]
+        [
+            "200", "201", "400", "401", "403", "413", "429", "500", "503"
+        ]
     );
     assert!(
         !schemas["ErrorCode"]["enum"]

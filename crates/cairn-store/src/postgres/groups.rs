@@ -2,7 +2,7 @@
 //! primary. These writes do not touch the log, so they do not take the head lock.
 
 use cairn_core::{Position, now_micros};
-use deadpool_postgres::Client;
+use deadpool_postgres::{Client, GenericClient};
 
 use super::read::{from_db, to_db};
 use super::schema::pg_error;
@@ -12,7 +12,10 @@ fn corrupt(error: tokio_postgres::Error) -> StoreError {
     StoreError::Internal(format!("unreadable row: {error}"))
 }
 
-async fn statement(client: &Client, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+async fn statement(
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
     client.prepare_cached(sql).await.map_err(pg_error)
 }
 
@@ -101,7 +104,7 @@ pub(crate) async fn save_checkpoint(
 }
 
 pub(crate) async fn park_events(
-    client: &Client,
+    client: &impl GenericClient,
     name: &str,
     events: Vec<ParkedEvent>,
 ) -> Result<(), StoreError> {
@@ -140,7 +143,7 @@ pub(crate) async fn park_events(
 }
 
 pub(crate) async fn replay_parked(
-    client: &Client,
+    client: &impl GenericClient,
     name: &str,
     positions: Option<Vec<Position>>,
 ) -> Result<Vec<Position>, StoreError> {
@@ -175,7 +178,7 @@ pub(crate) async fn replay_parked(
 }
 
 pub(crate) async fn remove_parked(
-    client: &Client,
+    client: &impl GenericClient,
     name: &str,
     positions: Vec<Position>,
 ) -> Result<(), StoreError> {

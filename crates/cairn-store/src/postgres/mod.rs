@@ -64,6 +64,8 @@
 
 mod batch;
 mod groups;
+mod import;
+mod leases;
 mod live;
 mod pool;
 mod read;
@@ -83,8 +85,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::TargetSessionAttrs;
 
+pub use self::leases::{PgGroupLeases, group_lock_key};
 use self::live::Publisher;
-use self::pool::{build_pool, connection_config, label, record_pool_metrics};
+use self::pool::{build_pool, checkout, connection_config, label, record_pool_metrics};
 pub use self::replicas::ReplicaStatus;
 use self::replicas::{Replica, Replicas};
 pub use self::schema::SCHEMA_VERSION;
@@ -169,6 +172,8 @@ pub struct PostgresStore {
     replicas: Arc<Replicas>,
     head: watch::Receiver<Position>,
     live: broadcast::Sender<LiveBatch>,
+    /// Told of imported batches, as the writer tells it of appends.
+    publisher: Arc<Publisher>,
     /// The listener and the monitor, stopped on drop.
     tasks: Vec<JoinHandle<()>>,
     read_timeout: Duration,
@@ -254,6 +259,7 @@ impl PostgresStore {
             replicas,
             head: head_rx,
             live: live_tx,
+            publisher,
             tasks: vec![listener, monitor],
             read_timeout: options.statement_timeout + options.pool_wait_timeout,
             label,
@@ -310,21 +316,25 @@ impl PostgresStore {
 
     /// A pooled connection to the primary.
     async fn primary(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.primary.get().await.map_err(pool_error)
+        checkout(&self.primary, "primary").await
     }
 }
 
 /// Runs `$read` with `$client` bound to a pooled connection: on a replica that has
-/// replayed the known head if there is one, else (or if the replica fails to answer)
-/// on the primary.
+/// replayed `$needed` (by default the known head) if there is one, else (or if the
+/// replica fails to answer) on the primary.
 macro_rules! routed {
     ($store:expr, |$client:ident| $read:expr) => {{
         let store = $store;
+        routed!(store, store.known_head(), |$client| $read)
+    }};
+    ($store:expr, $needed:expr, |$client:ident| $read:expr) => {{
+        let store = $store;
         let mut answer = None;
-        if let Some(replica) = store.replicas.pick(store.known_head()) {
+        if let Some(replica) = store.replicas.pick($needed) {
             let outcome = store
                 .timed(async {
-                    let $client = replica.pool.get().await.map_err(pool_error)?;
+                    let $client = checkout(&replica.pool, replica.pool_name.clone()).await?;
                     $read.await
                 })
                 .await;
@@ -349,6 +359,27 @@ macro_rules! routed {
             }
         }
     }};
+}
+
+/// How far a replica must have replayed to answer a read of the log from `from` exactly
+/// as the primary would through this instance: an unfiltered page that the known head
+/// fills needs only its last position, so a catch-up far behind the head can use a
+/// replica that lags; a filtered page may skip any number of events, so it needs the
+/// known head.
+fn needed_for_log_read(
+    known_head: Position,
+    from: Position,
+    filter: &EventFilter,
+    limit: usize,
+) -> Position {
+    if !filter.is_empty() {
+        return known_head;
+    }
+    let last = from
+        .max(1)
+        .saturating_add(u64::try_from(limit).unwrap_or(u64::MAX))
+        .saturating_sub(1);
+    last.min(known_head)
 }
 
 /// Runs `$work` on a pooled connection to the primary, with the read timeout.
@@ -443,6 +474,20 @@ impl EventStore for PostgresStore {
             .collect()
     }
 
+    async fn storage_size(&self) -> Result<Option<crate::StorageSize>, StoreError> {
+        on_primary!(self, |client| async move {
+            let row = client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .map_err(pg_error)?;
+            let bytes: i64 = row.try_get(0).map_err(pg_error)?;
+            Ok(Some(crate::StorageSize {
+                total_bytes: u64::try_from(bytes).unwrap_or(0),
+                wal_bytes: None,
+            }))
+        })
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         self.ask(|reply| Command::Append { request, reply }).await
     }
@@ -480,7 +525,10 @@ impl EventStore for PostgresStore {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<LogSlice, StoreError> {
-        routed!(self, |client| read::read_all(&client, from, filter, limit))
+        let needed = needed_for_log_read(self.known_head(), from, filter, limit);
+        routed!(self, needed, |client| read::read_all(
+            &client, from, filter, limit
+        ))
     }
 
     async fn delete_stream(
@@ -522,8 +570,45 @@ impl EventStore for PostgresStore {
         }
     }
 
+    async fn import_events(
+        &self,
+        records: Vec<crate::ImportRecord>,
+    ) -> Result<crate::ImportSummary, crate::ImportError> {
+        let work = async {
+            let mut client = self.primary().await?;
+            let outcome = import::import(&mut client, &records).await;
+            if outcome.is_err() {
+                // It may be inside a failed transaction: never reuse it.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            outcome
+        };
+        let (summary, written) = tokio::time::timeout(self.read_timeout, work)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(
+                    "PostgreSQL: an import batch timed out; its outcome is unknown".into(),
+                )
+            })??;
+        if let Some((first, last)) = written {
+            self.publisher.committed_here(first, last, None).await;
+        }
+        Ok(summary)
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::Tombstone>, StoreError> {
+        on_primary!(self, |client| import::list_tombstones(
+            &client, after, limit
+        ))
+    }
+
     async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
-        routed!(self, |client| read::read_event(&client, position))
+        let needed = position.min(self.known_head());
+        routed!(self, needed, |client| read::read_event(&client, position))
     }
 
     async fn save_group(

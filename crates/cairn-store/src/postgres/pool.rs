@@ -1,19 +1,24 @@
 //! Connection settings and the bounded, measured deadpool pools.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 
 use super::PostgresOptions;
+use super::schema::pool_error;
 use crate::StoreError;
 use crate::metrics as m;
 
 /// Parses a connection URL (or `key=value` string) and applies Cairn's timeouts: how
 /// long a connect may take, TCP keep-alives so that a dead peer is noticed, and on
 /// the server a statement timeout, a lock timeout and an idle-in-transaction timeout
-/// (a stuck instance cannot hold the head lock for long).
+/// (a stuck instance cannot hold the head lock for long). Statements are planned for
+/// their parameters on every execution (`plan_cache_mode = force_custom_plan`): a
+/// connection lives for hours while the tables grow from nothing, and a generic plan
+/// cached while a table was empty (a sequential scan) would stay that connection's
+/// plan forever, turning an index lookup into a scan of the whole log.
 pub(crate) fn connection_config(
     url: &str,
     options: &PostgresOptions,
@@ -36,7 +41,8 @@ pub(crate) fn connection_config(
         .target_session_attrs(session);
     let millis = |d: Duration| d.as_millis().max(1);
     let server_settings = format!(
-        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
+         -c plan_cache_mode=force_custom_plan",
         millis(options.statement_timeout),
         millis(options.lock_timeout),
         millis(options.lock_timeout),
@@ -95,6 +101,19 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// A connection from `pool`, the wait timed as `cairn_pool_wait_seconds` of the pool
+/// `name` (a wait that ends in a timeout or an error is recorded too).
+pub(crate) async fn checkout(
+    pool: &Pool,
+    name: impl Into<metrics::SharedString>,
+) -> Result<deadpool_postgres::Client, StoreError> {
+    let asked = Instant::now();
+    let client = pool.get().await.map_err(pool_error);
+    metrics::histogram!(m::POOL_WAIT_SECONDS, "pool" => name.into())
+        .record(asked.elapsed().as_secs_f64());
+    client
+}
+
 /// Records the pool's gauges: connections in use and idle, callers waiting.
 pub(crate) fn record_pool_metrics(name: &str, pool: &Pool) {
     let status = pool.status();
@@ -105,4 +124,27 @@ pub(crate) fn record_pool_metrics(name: &str, pool: &Pool) {
     metrics::gauge!(m::POOL_CONNECTIONS, "pool" => name.to_owned(), "state" => "idle")
         .set(idle as f64);
     metrics::gauge!(m::POOL_WAITING, "pool" => name.to_owned()).set(status.waiting as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_plans_for_its_values_and_keeps_the_users_options() {
+        let options = PostgresOptions::new("postgres://cairn@db/cairn");
+        let config = connection_config(
+            "postgres://cairn@db/cairn?options=-c%20work_mem%3D8MB",
+            &options,
+            TargetSessionAttrs::ReadWrite,
+        )
+        .unwrap();
+        let given = config.get_options().unwrap_or_default();
+        assert!(given.starts_with("-c work_mem=8MB "), "{given}");
+        assert!(
+            given.contains(" -c plan_cache_mode=force_custom_plan"),
+            "{given}"
+        );
+        assert!(given.contains("-c statement_timeout="), "{given}");
+    }
 }

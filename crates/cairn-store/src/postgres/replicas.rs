@@ -1,11 +1,12 @@
 //! Read replicas: one pool per replica, each replica's replayed position tracked by
 //! probing it, lag-aware choice of a replica for a read.
 //!
-//! A replica serves a read only while its last probe succeeded and it had replayed at
-//! least the head this instance knows (so a client never reads less from a replica
-//! than it could have read from the primary through this instance). A read that
-//! fails on a replica takes it out of rotation until its next successful probe, and
-//! the read goes to the primary.
+//! A replica serves a read only while its last probe succeeded and it had replayed
+//! far enough for that read: an unfiltered page of the log needs only its last
+//! position, anything else the head this instance knows (so a client never reads less
+//! from a replica than it could have read from the primary through this instance). A
+//! read that fails on a replica takes it out of rotation until its next successful
+//! probe, and the read goes to the primary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -15,6 +15,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_consumer_groups",
         include_str!("../../migrations/postgres/0002_consumer_groups.sql"),
     ),
+    (
+        "0003_group_owners",
+        include_str!("../../migrations/postgres/0003_group_owners.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

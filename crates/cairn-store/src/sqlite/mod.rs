@@ -1,6 +1,7 @@
 //! The embedded backend: one SQLite file in WAL mode, one writer thread doing group
 //! commit ([`writer`]), a pool of read-only connections for reads.
 
+mod import;
 pub mod pool;
 mod read;
 mod schema;
@@ -24,13 +25,15 @@ use self::schema::{internal, migrate, open_writer};
 use self::writer::{Command, WriteWork, Writer};
 use crate::{
     AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LiveBatch,
-    LogSlice, ParkedEvent, StoreError, StreamInfo, StreamPage, StreamSlice,
+    LogSlice, ParkedEvent, StorageSize, StoreError, StreamInfo, StreamPage, StreamSlice,
 };
 use cairn_core::RecordedEvent;
 
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE: &str = "events.db";
 const LOCK_FILE: &str = "cairn.lock";
+/// The `pool` label of the read pool's metrics.
+const POOL_NAME: &str = "events";
 /// Commits kept for live readers that fall behind; past it they read from the file.
 const LIVE_FEED_CAPACITY: usize = 512;
 
@@ -90,7 +93,7 @@ impl SqliteStore {
                 |row| row.get(0),
             )
             .map_err(internal)?;
-        let reads = ReadPool::open(path.clone(), options.read_connections)?;
+        let reads = ReadPool::open(path.clone(), options.read_connections, POOL_NAME)?;
 
         let (head_tx, head_rx) = watch::channel(head);
         let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
@@ -373,6 +376,22 @@ impl EventStore for SqliteStore {
         self.live.subscribe()
     }
 
+    async fn storage_size(&self) -> Result<Option<StorageSize>, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || pool::storage_size(&path))
+            .await
+            .map_err(|e| StoreError::Internal(format!("size task failed: {e}")))?
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("cannot measure the database: {e}")))
+    }
+
+    fn record_gauges(&self) {
+        self.reads.record_gauges();
+        // The writer sets it at each commit; this covers a log nothing was appended to
+        // since the start.
+        metrics::gauge!(crate::metrics::HEAD_POSITION).set(*self.head.borrow() as f64);
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         if self.commands.as_ref().is_none_or(|c| c.is_closed()) {
             return Err(StoreError::Unavailable("the writer has stopped".into()));
@@ -390,6 +409,35 @@ impl EventStore for SqliteStore {
                     )))
                 }
             })
+            .await
+    }
+
+    async fn import_events(
+        &self,
+        records: Vec<crate::ImportRecord>,
+    ) -> Result<crate::ImportSummary, crate::ImportError> {
+        let commands = self
+            .commands
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Import { records, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn list_tombstones(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::Tombstone>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.reads
+            .run(move |connection| import::list_tombstones(connection, after.as_deref(), limit))
             .await
     }
 

@@ -23,8 +23,8 @@ use super::read::filter_sql;
 use super::schema::internal;
 use crate::metrics as m;
 use crate::{
-    AppendOutcome, AppendRequest, AppendResult, IdempotencyClaim, LiveBatch, StoreError,
-    StreamAppendResult,
+    AppendOutcome, AppendRequest, AppendResult, IdempotencyClaim, ImportError, ImportRecord,
+    ImportSummary, LiveBatch, StoreError, StreamAppendResult,
 };
 
 pub(crate) enum Command {
@@ -36,6 +36,11 @@ pub(crate) enum Command {
         stream: StreamName,
         expected: ExpectedVersion,
         reply: oneshot::Sender<Result<Version, StoreError>>,
+    },
+    /// Events recorded elsewhere (`import_events`), in a savepoint of their own.
+    Import {
+        records: Vec<ImportRecord>,
+        reply: oneshot::Sender<Result<ImportSummary, ImportError>>,
     },
     /// Any other write (consumer-group state), committed with the batch.
     Write {
@@ -61,6 +66,10 @@ enum Reply {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    Import(
+        oneshot::Sender<Result<ImportSummary, ImportError>>,
+        Result<ImportSummary, ImportError>,
+    ),
 }
 
 impl Reply {
@@ -69,6 +78,9 @@ impl Reply {
             Reply::Append(reply, Ok(_)) => Reply::Append(reply, Err(error.clone())),
             Reply::Delete(reply, Ok(_)) => Reply::Delete(reply, Err(error.clone())),
             Reply::Write(reply, Ok(())) => Reply::Write(reply, Err(error.clone())),
+            Reply::Import(reply, Ok(_)) => {
+                Reply::Import(reply, Err(ImportError::Store(error.clone())))
+            }
             other => other,
         }
     }
@@ -79,6 +91,7 @@ impl Reply {
             Reply::Append(reply, result) => drop(reply.send(result)),
             Reply::Delete(reply, result) => drop(reply.send(result)),
             Reply::Write(reply, result) => drop(reply.send(result)),
+            Reply::Import(reply, result) => drop(reply.send(result)),
         }
     }
 }
@@ -173,6 +186,10 @@ impl Writer {
         // is small enough to keep in memory; otherwise readers catch up from the file.
         let mut live: Option<Vec<RecordedEvent>> =
             (self.live_tx.receiver_count() > 0).then(Vec::new);
+        // Imported events are not appends (nor in the live feed: tails read them from
+        // the file); the latest imported `recorded_at` bounds later batches' times.
+        let mut imported: Position = 0;
+        let mut imported_recorded_at: Option<i64> = None;
 
         let outcome = (|| -> rusqlite::Result<()> {
             let mut transaction = self
@@ -208,6 +225,17 @@ impl Writer {
                         let ok = result.is_ok();
                         (Reply::Delete(reply, result), ok)
                     }
+                    Command::Import { records, reply } => {
+                        let result = super::import::import(&savepoint, &mut head, &records);
+                        let ok = result.is_ok();
+                        let result = result.map(|(summary, last_recorded_at)| {
+                            imported += head - head_at_start;
+                            imported_recorded_at = imported_recorded_at.max(Some(last_recorded_at));
+                            live = None;
+                            summary
+                        });
+                        (Reply::Import(reply, result), ok)
+                    }
                     Command::Write { work, reply } => {
                         let result = work(&savepoint, now);
                         let ok = result.is_ok();
@@ -228,10 +256,13 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 self.head = head;
-                let appended = head - head_before;
+                if let Some(recorded_at) = imported_recorded_at {
+                    self.last_recorded_at = self.last_recorded_at.max(recorded_at);
+                }
+                let appended = head - head_before - imported;
                 // Publish the head before acknowledging, so that anyone told "appended"
                 // also finds the head at or past their events.
-                if appended > 0 {
+                if head > head_before {
                     if let Some(events) = live.filter(|events| !events.is_empty()) {
                         // No receiver left is fine: nobody is waiting.
                         let _ = self.live_tx.send(Arc::from(events));
@@ -633,7 +664,9 @@ fn is_unique_violation(error: &rusqlite::Error, column: &str) -> bool {
 }
 
 fn check_condition(connection: &Connection, condition: &AppendCondition) -> Result<(), StoreError> {
-    let mut params = vec![Value::Integer(condition.after as i64)];
+    // Positions are below i64::MAX: nothing is after a larger `after`.
+    let after = i64::try_from(condition.after).unwrap_or(i64::MAX);
+    let mut params = vec![Value::Integer(after)];
     let sql = format!(
         "SELECT e.position FROM events e WHERE e.position > ?{} ORDER BY e.position LIMIT 1",
         filter_sql(&condition.query, &mut params)

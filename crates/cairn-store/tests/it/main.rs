@@ -2,6 +2,7 @@
 //! invariants, and durability across reopening.
 
 mod pg_faults;
+mod pg_groups;
 mod pg_instances;
 mod postgres;
 mod properties;

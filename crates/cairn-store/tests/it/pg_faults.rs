@@ -302,3 +302,87 @@ async fn append_one_result(store: &PostgresStore) -> Result<AppendOutcome, Store
         ))
         .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_serves_the_log_reads_it_has_replayed_far_enough_for() {
+    let Some(cluster) = PgCluster::start(true) else {
+        return;
+    };
+    let database = cluster.create_database().await;
+    let store = PostgresStore::connect(replica_options(&database))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        append_one(&store, "lagging").await;
+    }
+    wait_until("the replica has replayed the head", || {
+        let replica = replica(&store);
+        replica.up && replica.replayed_position >= 10
+    })
+    .await;
+
+    // The replica stops replaying; the primary goes on to position 20.
+    let replica_url = database.replica_url.clone().expect("a replica");
+    let on_replica = crate::postgres::sql(&replica_url).await;
+    on_replica
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        append_one(&store, "lagging").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = replica(&store);
+    assert!(status.up, "{status:?}");
+    assert_eq!((status.replayed_position, status.lag), (10, 10));
+
+    let all = EventFilter::default();
+    let reads = |store: &PostgresStore| replica(store).reads;
+
+    // A page that ends at or before what the replica replayed: served by it, the same
+    // page the primary would answer.
+    let before = reads(&store);
+    let page = store.read_all(3, &all, 8).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|event| event.position).collect();
+    assert_eq!(positions, (3..=10).collect::<Vec<_>>());
+    let event = store.read_event(7).await.unwrap().expect("event 7");
+    assert_eq!(event.position, 7);
+    assert_eq!(reads(&store), before + 2, "served by the lagging replica");
+
+    // A page that needs more than the replica has, an event it has not replayed, a
+    // filtered read and a stream read: the primary, complete.
+    let before = reads(&store);
+    let page = store.read_all(5, &all, 10).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|event| event.position).collect();
+    assert_eq!(positions, (5..=14).collect::<Vec<_>>());
+    assert_eq!(
+        store.read_event(15).await.unwrap().map(|e| e.position),
+        Some(15)
+    );
+    let filtered = EventFilter {
+        category: Some("lagging".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.read_all(1, &filtered, 5).await.unwrap().events.len(),
+        5
+    );
+    let slice = store
+        .read_stream(&stream("lagging"), None, Direction::Forward, 100)
+        .await
+        .unwrap();
+    assert_eq!(slice.events.len(), 20);
+    assert_eq!(reads(&store), before, "all served by the primary");
+
+    on_replica
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    wait_until("the replica caught up again", || {
+        replica(&store).replayed_position >= 20
+    })
+    .await;
+    let before = reads(&store);
+    assert_eq!(store.read_all(1, &all, 100).await.unwrap().events.len(), 20);
+    assert_eq!(reads(&store), before + 1);
+}

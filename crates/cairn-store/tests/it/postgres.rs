@@ -92,7 +92,8 @@ async fn instances_starting_together_migrate_once() {
         applied,
         [
             (1, "0001_init".to_owned()),
-            (2, "0002_consumer_groups".to_owned())
+            (2, "0002_consumer_groups".to_owned()),
+            (3, "0003_group_owners".to_owned())
         ]
     );
     assert_eq!(applied.len(), SCHEMA_VERSION);
@@ -114,6 +115,17 @@ async fn instances_starting_together_migrate_once() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 7);
+    // 0003: a group's owner and its fencing epoch.
+    let owner_columns: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = 'consumer_groups' AND column_name IN ('owner_epoch', 'owner_url')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner_columns, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +322,41 @@ async fn a_lost_listen_connection_comes_back_without_a_gap() {
         .await
         .expect("the follower's head caught up")
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_database_size_and_the_wait_for_a_connection_are_measured() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 1.0])
+        .unwrap()
+        .build_recorder();
+    let handle = recorder.handle();
+    // A current-thread runtime: the store's reads record on this thread.
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let Some((store, _database)) = pg_store().await else {
+        return;
+    };
+    append_one(&*store, "sized-1").await;
+    let size = store
+        .storage_size()
+        .await
+        .unwrap()
+        .expect("PostgreSQL knows its size");
+    assert!(size.total_bytes > 1024 * 1024, "{size:?}");
+    assert_eq!(size.wal_bytes, None);
+    store
+        .read_stream(
+            &stream("sized-1"),
+            None,
+            cairn_store::Direction::Forward,
+            10,
+        )
+        .await
+        .unwrap();
+    let text = handle.render();
+    let waits = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"cairn_pool_wait_seconds_count{pool="primary"} "#))
+        .and_then(|count| count.parse::<f64>().ok());
+    assert!(waits.is_some_and(|count| count >= 2.0), "{text}");
 }

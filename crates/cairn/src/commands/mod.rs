@@ -1,8 +1,11 @@
 //! One module per subcommand, plus what the client commands share.
 
 pub mod append;
+pub mod archive;
 pub mod bench;
+pub mod export;
 pub mod groups;
+pub mod import;
 pub mod projections;
 pub mod query;
 pub mod read;
@@ -10,6 +13,7 @@ pub mod serve;
 pub mod streams;
 pub mod tail;
 pub mod token;
+pub mod top;
 
 use std::io::{BufWriter, Stdout, Write};
 
@@ -19,9 +23,33 @@ use serde::Serialize;
 
 use crate::cli::ClientArgs;
 
-/// The client the client commands use, with the client's default timeout and retries.
+/// The client the client commands use, with the client's default timeout and retries,
+/// trusting `--ca-cert` besides the system's root certificates and sending `--token`.
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    Client::new(&args.url).with_context(|| format!("cannot use --url {}", args.url))
+    build_client(Client::builder(&args.url), args)
+}
+
+/// Finishes `builder` with the connection settings every client command shares.
+pub fn build_client(
+    mut builder: cairn_client::ClientBuilder,
+    args: &ClientArgs,
+) -> anyhow::Result<Client> {
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+        builder = builder.ca_certificate_pem(pem);
+    }
+    if let Some(token) = &args.token {
+        builder = builder.bearer_token(token.clone());
+    }
+    builder.build().with_context(|| match &args.ca_cert {
+        Some(path) => format!(
+            "cannot use --url {} with --ca-cert {}",
+            args.url,
+            path.display()
+        ),
+        None => format!("cannot use --url {}", args.url),
+    })
 }
 
 /// JSON Lines on stdout, buffered.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::cli::ServeArgs;
 use crate::embedded::{ReadSideConfig, RunningServer, ServerConfig};
 use crate::settings::Settings;
@@ -19,7 +21,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     check_exposure(&settings)?;
-    crate::logging::init(settings.log_format, &settings.log_level)?;
+    // Before anything is opened: a missing or bad file stops the start at once.
+    let tls = match &settings.tls {
+        Some(files) => Some(std::sync::Arc::new(
+            cairn_server::tls::TlsCertificates::load(&files.cert, &files.key)
+                .context("cannot serve HTTPS (--tls-cert, --tls-key)")?,
+        )),
+        None => None,
+    };
+    // Traces (OTEL_* variables): set up inside the runtime, installed beside the logs,
+    // flushed once the server has stopped (or when dropped on an early return).
+    let telemetry = crate::telemetry::Telemetry::from_env()?;
+    crate::logging::init_with_tracer(settings.log_format, &settings.log_level, telemetry.tracer())?;
+    if let Some(endpoint) = telemetry.endpoint() {
+        tracing::info!(endpoint, "exporting traces over OTLP/gRPC");
+    }
     if settings.tokens.is_empty() && !settings.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %settings.listen,
@@ -40,6 +56,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: settings.request_timeout,
         limits: settings.limits.clone(),
         database: settings.database.clone(),
+        tls: tls.clone(),
         read_side: ReadSideConfig {
             projections: settings.projections.clone(),
             queries: settings.queries.clone(),
@@ -47,6 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             batch_size: settings.projection_batch_size,
             strict_plans: settings.strict_plans,
             slow_query_threshold: settings.slow_query_threshold,
+            redis: settings.redis.clone(),
         },
     })
     .await?;
@@ -59,6 +77,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = %server.local_addr,
+        url = server.url(),
+        tls_cert = settings.tls.as_ref().map(|files| files.cert.display().to_string()),
         data_dir = %settings.data_dir.display(),
         store = if settings.database.is_some() { "postgres" } else { "sqlite" },
         database_url = settings.database.as_ref().map(|database| database.redacted_url()),
@@ -80,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = tokio::spawn(crate::commands::token::reload_on_hangup(
         settings.config_file.clone(),
         auth,
+        tls,
     ));
     let first_signal = tokio_util::sync::CancellationToken::new();
     let first = first_signal.clone();
@@ -102,6 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     reloader.abort();
+    telemetry.shutdown().await;
     tracing::info!("cairn stopped");
     Ok(())
 }

@@ -45,11 +45,13 @@ pub fn create(name: &str, scopes: &[String], streams: &[String]) -> anyhow::Resu
     ))
 }
 
-/// Re-reads the API tokens from `config` on every SIGHUP; a file that does not load is
-/// logged and the tokens in force stay.
+/// Re-reads the API tokens from `config`, and the TLS certificate and key when serving
+/// HTTPS, on every SIGHUP; a file that does not load is logged and what is in force
+/// stays.
 pub async fn reload_on_hangup(
     config: Option<std::path::PathBuf>,
     auth: std::sync::Arc<cairn_server::auth::Auth>,
+    tls: Option<std::sync::Arc<cairn_server::tls::TlsCertificates>>,
 ) {
     #[cfg(unix)]
     {
@@ -57,13 +59,21 @@ pub async fn reload_on_hangup(
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(hangup) => hangup,
             Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; tokens reload only on restart");
+                tracing::warn!(
+                    %error,
+                    "cannot listen for SIGHUP; tokens and TLS certificates reload only on restart"
+                );
                 return;
             }
         };
         while hangup.recv().await.is_some() {
+            if let Some(tls) = &tls {
+                reload_tls(tls);
+            }
             let Some(path) = &config else {
-                tracing::warn!("SIGHUP: no --config file; nothing to reload");
+                if tls.is_none() {
+                    tracing::warn!("SIGHUP: no --config file; nothing to reload");
+                }
                 continue;
             };
             match crate::auth_settings::reload(path) {
@@ -86,6 +96,22 @@ pub async fn reload_on_hangup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (config, auth);
+        let _ = (config, auth, tls);
+    }
+}
+
+/// Re-reads the TLS certificate and key; a pair that does not load is logged and the
+/// certificate in force stays.
+fn reload_tls(tls: &cairn_server::tls::TlsCertificates) {
+    match tls.reload() {
+        Ok(()) => tracing::info!(
+            tls_cert = %tls.certificate_path().display(),
+            tls_key = %tls.key_path().display(),
+            "SIGHUP: TLS certificate reloaded"
+        ),
+        Err(error) => tracing::error!(
+            error = %error,
+            "SIGHUP: cannot reload the TLS certificate; the previous one stays in force"
+        ),
     }
 }

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, cairn, ok, run, stderr};
+use crate::support::{Server, cairn, ok, run, stderr, stdout};
 
 /// The secret and the block `cairn token create ARGS` prints.
 fn create_token(args: &[&str]) -> (String, String) {
@@ -134,14 +134,62 @@ fn a_created_token_parses_and_authenticates_against_the_server() {
         !logs.contains("cairn_nope"),
         "a presented secret is in the log"
     );
-    let named = server
+    let named: Vec<serde_json::Value> = server
         .logs()
         .iter()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|log| log["message"] == "request")
         .filter(|log| log["token"] == "orders-service")
-        .count();
-    assert!(named >= 4, "request lines name the token:\n{logs}");
+        .collect();
+    assert!(named.len() >= 4, "request lines name the token:\n{logs}");
+    // The request id, client address and byte counts are there too (and, as checked
+    // above, no secret in them).
+    for line in &named {
+        assert!(line["request_id"].is_string(), "{line}");
+        assert!(line["client_addr"].is_string(), "{line}");
+        assert!(line["request_bytes"].is_u64(), "{line}");
+    }
+}
+
+#[test]
+fn the_cli_sends_its_token() {
+    let (secret, block) = create_token(&["--name", "cli", "--scopes", "read,append"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    write_config(&config, &[&block]);
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let url = server.url.as_str();
+
+    let refused = run(&[
+        "append", "cli-1", "--type", "Noted", "--data", "{}", "--url", url,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("unauthorized"),
+        "{}",
+        stderr(&refused)
+    );
+    let wrong = run(&["read", "cli-1", "--url", url, "--token", "cairn_wrong"]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("unauthorized"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    ok(run(&[
+        "append", "cli-1", "--type", "Noted", "--data", "{}", "--url", url, "--token", &secret,
+    ]));
+    let read = ok(run(&["read", "cli-1", "--url", url, "--token", &secret]));
+    assert!(read.contains("\"Noted\""), "{read}");
+    // From the environment too, and the secret is never echoed.
+    let output = cairn(&["streams", "--url", url])
+        .env("CAIRN_TOKEN", &secret)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("cli-1"));
+    assert!(!stderr(&refused).contains(&secret));
 }
 
 #[test]

@@ -141,4 +141,69 @@ fn a_running_server_exports_only_documented_metrics() {
         undocumented.is_empty(),
         "exported but not in docs/metrics.md: {undocumented:?}"
     );
+
+    // The sampled metrics are there from the first scrape: pools, caches, database
+    // sizes (measured before the server listens) and the process.
+    let mut sampled = vec![
+        "cairn_pool_connections",
+        "cairn_pool_waiting",
+        "cairn_pool_wait_seconds",
+        "cairn_cache_evictions_total",
+        "cairn_cache_bytes",
+        "cairn_cache_capacity_bytes",
+        "cairn_database_size_bytes",
+        "cairn_database_wal_bytes",
+    ];
+    let mut positive = vec![
+        r#"cairn_database_size_bytes{database="events"}"#,
+        r#"cairn_database_size_bytes{database="readmodels"}"#,
+        r#"cairn_pool_wait_seconds_count{pool="events"}"#,
+        r#"cairn_pool_wait_seconds_count{pool="readmodels"}"#,
+        r#"cairn_pool_connections{pool="events",state="idle"}"#,
+        r#"cairn_cache_capacity_bytes{cache="event_pages"}"#,
+        r#"cairn_cache_capacity_bytes{cache="query_results"}"#,
+    ];
+    if cfg!(target_os = "linux") {
+        sampled.extend([
+            "cairn_process_resident_memory_bytes",
+            "cairn_process_virtual_memory_bytes",
+            "cairn_process_cpu_seconds_total",
+            "cairn_process_threads",
+            "cairn_process_open_fds",
+            "cairn_process_max_fds",
+            "cairn_process_start_time_seconds",
+        ]);
+        positive.extend([
+            "cairn_process_resident_memory_bytes",
+            "cairn_process_open_fds",
+            "cairn_process_start_time_seconds",
+        ]);
+    }
+    let missing: Vec<_> = sampled
+        .iter()
+        .filter(|name| !exported.contains(**name))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{body}");
+    for series in positive {
+        assert!(
+            value_of(&body, series).is_some_and(|value| value > 0.0),
+            "{series} should be above 0:\n{body}"
+        );
+    }
+    for series in [
+        r#"cairn_cache_evictions_total{cache="event_pages",reason="size"}"#,
+        r#"cairn_cache_evictions_total{cache="query_results",reason="expired"}"#,
+    ] {
+        assert!(
+            value_of(&body, series).is_some(),
+            "{series} missing:\n{body}"
+        );
+    }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in Prometheus text.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }

@@ -323,3 +323,35 @@ fn the_read_side_tuning_keys_layer_like_the_others() {
     );
     assert!(error.contains("projection_batch_size"), "{error}");
 }
+
+#[test]
+fn the_claims_per_token_cap_layers_like_the_others_and_must_be_positive() {
+    let defaults = resolve_file("").unwrap();
+    assert_eq!(
+        defaults.request_limits.max_claims_per_token,
+        cairn_server::limits::DEFAULT_MAX_CLAIMS_PER_TOKEN
+    );
+    let file = RawSettings::parse("max_claims_per_token = 7").unwrap();
+    let from_file = Settings::merge(&RawSettings::default(), &file, None).unwrap();
+    assert_eq!(from_file.request_limits.max_claims_per_token, 7);
+    let over = RawSettings {
+        max_claims_per_token: Some(3),
+        ..RawSettings::default()
+    };
+    let merged = Settings::merge(&over, &file, None).unwrap();
+    assert_eq!(merged.request_limits.max_claims_per_token, 3, "flag > file");
+    let error = format!(
+        "{:#}",
+        resolve_file("max_claims_per_token = 0").unwrap_err()
+    );
+    assert!(error.contains("max_claims_per_token"), "{error}");
+    let output = cairn(&["serve", "--print-config"])
+        .env("CAIRN_MAX_CLAIMS_PER_TOKEN", "5")
+        .output()
+        .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(
+        printed["max_claims_per_token"], 5,
+        "the environment variable"
+    );
+}

@@ -38,8 +38,26 @@ const CAIRN_VARIABLES: &[&str] = &[
     "CAIRN_DATABASE_URL",
     "CAIRN_REPLICA_URLS",
     "CAIRN_POOL_SIZE",
+    "CAIRN_ADVERTISE_URL",
+    "CAIRN_TLS_CERT",
+    "CAIRN_TLS_KEY",
     "CAIRN_URL",
+    "CAIRN_TOKEN",
+    "CAIRN_CA_CERT",
     "RUST_LOG",
+    // Traces (the standard OpenTelemetry variables cairn reads).
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY",
 ];
 
 /// `cairn ARGS` with a clean environment.
@@ -128,6 +146,16 @@ impl Server {
 
     /// `cairn serve` on `data_dir` and `listen`, with `extra` arguments.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, listen, extra, &[])
+    }
+
+    /// [`Server::start_with`] with these environment variables set.
+    pub fn start_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "serve",
             "--listen",
@@ -139,6 +167,7 @@ impl Server {
         ];
         args.extend_from_slice(extra);
         let mut child = cairn(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -166,17 +195,24 @@ impl Server {
                 panic!("cairn serve did not start: {:#?}", logs.lock().unwrap());
             }
         };
+        // With --tls-cert the server speaks HTTPS only: the TLS tests check readiness
+        // with their own clients.
+        let tls = extra.contains(&"--tls-cert");
         let server = Self {
             child,
-            url: format!("http://{address}"),
+            url: format!("{}://{address}", if tls { "https" } else { "http" }),
             logs,
         };
-        server.wait_until_ready(Duration::from_secs(20));
+        if !tls {
+            server.wait_until_ready(Duration::from_secs(20));
+        }
         server
     }
 
     pub fn address(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, address)| address)
     }
 
     fn wait_until_ready(&self, within: Duration) {

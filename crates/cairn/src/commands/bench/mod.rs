@@ -125,6 +125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 auth: Default::default(),
                 request_limits: Default::default(),
                 database: None,
+                tls: None,
                 read_side: if query::needs_read_side(&args) {
                     query::embedded_read_side(&args)?
                 } else {

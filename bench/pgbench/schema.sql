@@ -1,0 +1,22 @@
+-- The ceiling table: the same columns and indexes as Cairn's `events` table
+-- (crates/cairn-store/migrations/postgres/0001_init.sql), without the head row, the
+-- streams table or anything else Cairn does per append. pgbench inserts into it the
+-- rows a `cairn bench append` run stores, so the two figures compare the database's
+-- bare insert rate with what Cairn achieves on the same server in the same sitting.
+DROP TABLE IF EXISTS ceiling_events;
+CREATE TABLE ceiling_events (
+    position    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          uuid   NOT NULL,
+    stream_id   bigint NOT NULL,
+    version     bigint NOT NULL,
+    type        text   NOT NULL,
+    category    text   COLLATE "C" NOT NULL,
+    data        text   NOT NULL,
+    metadata    text   NOT NULL,
+    tags        text[],
+    recorded_at bigint NOT NULL
+);
+CREATE UNIQUE INDEX ceiling_events_by_id ON ceiling_events (id);
+CREATE UNIQUE INDEX ceiling_events_by_stream ON ceiling_events (stream_id, version);
+CREATE INDEX ceiling_events_by_type ON ceiling_events (type, position);
+CREATE INDEX ceiling_events_by_category ON ceiling_events (category, position);
