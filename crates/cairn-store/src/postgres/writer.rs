@@ -326,20 +326,33 @@ const LOOKUP_KEYS: &str = "SELECT key, fingerprint, response FROM idempotency_ke
      WHERE key = ANY($1) AND created_at >= $2";
 const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
      FROM events e JOIN streams s ON s.stream_id = e.stream_id WHERE e.id = ANY($1)";
-const WRITE_STREAMS: &str =
-    "INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
-     SELECT u.name, u.version, u.position, u.created_at, $5, u.deleted
-     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::bool[])
-          AS u(name, version, position, created_at, deleted)
-     ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
-        updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted";
-const WRITE_EVENTS: &str = "INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
-     SELECT u.position, u.id, (SELECT s.stream_id FROM streams s WHERE s.name = u.stream),
-            u.version, u.type, u.category, u.data, u.metadata,
+/// The streams' new state and the batch's events in one statement: the events take
+/// their `stream_id` from the rows the upsert returns. A stream row missing for an event
+/// leaves its `stream_id` NULL, which fails the whole transaction (never a lost event).
+/// Nothing in it reads a table except through the upsert's unique index, so its generic
+/// plan is as good on a log of billions as on an empty one (see `GENERIC_PLANS`).
+const WRITE_STREAMS_AND_EVENTS: &str = "WITH s AS (
+       INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
+       SELECT u.name, u.version, u.position, u.created_at, $5, u.deleted
+       FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::bool[])
+            AS u(name, version, position, created_at, deleted)
+       ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
+          updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted
+       RETURNING name, stream_id
+     )
+     INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
+     SELECT u.position, u.id, s.stream_id, u.version, u.type, u.category, u.data, u.metadata,
             CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT json_array_elements_text(u.tags::json)) END,
-            $10
-     FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
-          AS u(position, id, stream, version, type, category, data, metadata, tags)";
+            $5
+     FROM UNNEST($7::int8[], $8::uuid[], $9::text[], $10::int8[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+          AS u(position, id, stream, version, type, category, data, metadata, tags)
+     LEFT JOIN s ON s.name = u.stream";
+/// Sent first in the writing round trip. Every connection plans each statement for its
+/// values (`plan_cache_mode = force_custom_plan`, see `pool.rs`), which the lookups need;
+/// the writes below need no table scan whatever their values, so they reuse one
+/// generic plan each instead of being planned again for every batch (planning was a
+/// quarter of the database's work per batch).
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
 const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
@@ -391,13 +404,21 @@ async fn run_transaction(
 
     let now = now_micros();
     let window_start = now.saturating_sub(idempotency_window);
+    // Each statement here is planned for its values (see `pool.rs`), so a lookup with
+    // nothing to look up is not sent at all.
     let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = vec![
         simple(client, "BEGIN"),
         query(client, &lock_head, sql_params![]),
         query(client, &lookup_streams, sql_params![&names]),
-        query(client, &lookup_keys, sql_params![&keys, &window_start]),
-        query(client, &lookup_ids, sql_params![&ids]),
     ];
+    if !keys.is_empty() {
+        round.push(query(
+            client,
+            &lookup_keys,
+            sql_params![&keys, &window_start],
+        ));
+    }
+    round.push(query(client, &lookup_ids, sql_params![&ids]));
     for ((_, _, params), statement) in conditions.iter().zip(&condition_statements) {
         round.push(query(client, statement, params.refs()));
     }
@@ -416,7 +437,7 @@ async fn run_transaction(
     next()?; // BEGIN
     let head_row = next()?;
     let stream_rows = next()?;
-    let key_rows = next()?;
+    let key_rows = if keys.is_empty() { Vec::new() } else { next()? };
     let id_rows = next()?;
     let mut condition_rows = HashMap::new();
     for (index, _, _) in &conditions {
@@ -480,8 +501,7 @@ async fn write_and_commit(
     state: &BatchState,
 ) -> Result<(), tokio_postgres::Error> {
     let WriteStatements {
-        write_streams,
-        write_events,
+        write_streams_and_events,
         write_tags,
         write_keys,
         write_head,
@@ -535,26 +555,19 @@ async fn write_and_commit(
     let head_text = state.head.to_string();
     let recorded_at = state.recorded_at;
 
-    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
+    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
+        vec![simple(client, GENERIC_PLANS)];
     if !names.is_empty() {
         round.push(query(
             client,
-            write_streams,
+            write_streams_and_events,
             sql_params![
                 &names,
                 &versions,
                 &positions,
                 &created,
                 &recorded_at,
-                &deleted
-            ],
-        ));
-    }
-    if !events.is_empty() {
-        round.push(query(
-            client,
-            write_events,
-            sql_params![
+                &deleted,
                 &event_positions,
                 &event_ids,
                 &event_streams,
@@ -564,7 +577,6 @@ async fn write_and_commit(
                 &event_data,
                 &event_metadata,
                 &event_tags,
-                &recorded_at,
             ],
         ));
     }
@@ -596,8 +608,7 @@ async fn write_and_commit(
 /// The statements of the writing round trip, prepared before the transaction begins
 /// (once per connection: later batches find them in the connection's cache).
 struct WriteStatements {
-    write_streams: tokio_postgres::Statement,
-    write_events: tokio_postgres::Statement,
+    write_streams_and_events: tokio_postgres::Statement,
     write_tags: tokio_postgres::Statement,
     write_keys: tokio_postgres::Statement,
     write_head: tokio_postgres::Statement,
@@ -607,8 +618,7 @@ struct WriteStatements {
 impl WriteStatements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            write_streams: client.prepare_cached(WRITE_STREAMS).await?,
-            write_events: client.prepare_cached(WRITE_EVENTS).await?,
+            write_streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
             write_tags: client.prepare_cached(WRITE_TAGS).await?,
             write_keys: client.prepare_cached(WRITE_KEYS).await?,
             write_head: client.prepare_cached(WRITE_HEAD).await?,
