@@ -221,7 +221,15 @@ pub enum Command {
     /// Load a `cairn export` file into an empty store, keeping ids, versions, positions and times.
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
+    /// Apply the migrations the event store lacks (as `cairn serve` does at start), print its schema version, and exit.
+    #[command(after_help = MIGRATE_EXAMPLES)]
+    Migrate(StoreArgs),
 }
+
+const MIGRATE_EXAMPLES: &str = "\
+Examples:
+  cairn migrate --data-dir ./cairn-data
+  cairn migrate --database-url postgres://cairn:secret@db:5432/cairn";
 
 const EXPORT_EXAMPLES: &str = "\
 Examples:

@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => commands::top::run(args).await,
         Command::Export(args) => commands::export::run(args).await,
         Command::Import(args) => commands::import::run(args).await,
+        Command::Migrate(args) => commands::migrate::run(args).await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod export;
 pub mod groups;
 pub mod import;
+pub mod migrate;
 pub mod projections;
 pub mod query;
 pub mod read;

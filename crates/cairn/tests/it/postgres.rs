@@ -331,3 +331,48 @@ fn print_config_and_the_environment_hide_the_password() {
     assert_eq!(defaults["replica_urls"], json!([]));
     assert_eq!(defaults["pool_size"], 16);
 }
+
+#[test]
+fn migrate_brings_either_store_to_the_current_schema_and_says_so() {
+    // The embedded store: created and migrated in a new data dir, then again (no-op).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for _ in 0..2 {
+        let said = ok(run(&["migrate", "--data-dir", data]));
+        assert!(
+            said.contains(&format!(
+                "schema version {}, head position 0",
+                cairn_store::sqlite::SCHEMA_VERSION
+            )),
+            "{said}"
+        );
+    }
+    // Refused clearly: a URL that is not PostgreSQL's.
+    let refused = run(&["migrate", "--database-url", "mysql://u:s3cret@db/x"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--database-url"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!stderr(&refused).contains("s3cret"));
+
+    let runtime = runtime();
+    let Some(database) = runtime.block_on(async {
+        let cluster = cairn_store::testing::shared_cluster()?;
+        Some(cluster.create_database().await)
+    }) else {
+        return;
+    };
+    let url = with_password(&database.primary_url);
+    let said = ok(run(&["migrate", "--database-url", &url]));
+    assert!(
+        said.contains(&format!(
+            "schema version {}, head position 0",
+            cairn_store::postgres::SCHEMA_VERSION
+        )),
+        "{said}"
+    );
+    assert!(!said.contains(PASSWORD), "{said}");
+}
