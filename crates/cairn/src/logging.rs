@@ -58,9 +58,14 @@ pub fn init_with_tracer(
             .boxed(),
     };
     // Cairn's own spans and events only: the exporter's gRPC client must not trace
-    // itself.
+    // itself. No busy/idle time, thread or source-location attributes: the first costs
+    // work on every poll of every instrumented future (most requests are not sampled),
+    // and none of them helps follow an event.
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
         .with_filter(filter_fn(|metadata| {
             metadata.target().starts_with("cairn") && *metadata.level() <= LevelFilter::INFO
         }));
