@@ -19,6 +19,7 @@ use cairn_store::{SharedStore, StoreError};
 mod append;
 pub mod auth;
 mod encode;
+pub use encode::write_event;
 pub mod error;
 pub mod extract;
 pub mod forward;

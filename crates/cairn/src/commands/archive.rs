@@ -26,7 +26,6 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cairn_api::EventRef;
 use cairn_core::{EventType, RecordedEvent, StreamName, Tag, compact_json, format_rfc3339_micros};
 use cairn_store::sqlite::{SqliteOptions, SqliteStore};
 use cairn_store::{ImportRecord, SharedStore, Tombstone};
@@ -86,21 +85,9 @@ pub fn write_header(out: &mut Vec<u8>, header: &Header) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends an event line to `out`.
+/// Appends an event line to `out`: the event exactly as the HTTP API writes it.
 pub fn write_event(out: &mut Vec<u8>, event: &RecordedEvent) {
-    let recorded_at = format_rfc3339_micros(event.recorded_at);
-    EventRef {
-        id: event.id,
-        stream: event.stream.as_str(),
-        event_type: &event.event_type,
-        version: event.version,
-        position: event.position,
-        data: &event.data,
-        metadata: &event.metadata,
-        tags: &event.tags,
-        recorded_at: &recorded_at,
-    }
-    .write_json(out);
+    cairn_server::write_event(out, event);
     out.push(b'\n');
 }
 
