@@ -33,11 +33,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cairn_core::{Position, now_micros};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
-use tokio_postgres::config::Host;
+use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{GenericClient, NoTls};
 
 pub(crate) use self::apply::Owner;
 pub(crate) use self::drive::drive;
@@ -608,35 +607,18 @@ fn pool(
     size: usize,
     options: &PostgresReadModels,
 ) -> Result<Pool, ReadSideError> {
-    let manager = Manager::from_config(
+    cairn_store::postgres::bounded_pool(
         config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size.max(1))
-        .runtime(Runtime::Tokio1)
-        .timeouts(Timeouts {
-            wait: Some(options.connect_timeout),
-            create: Some(options.connect_timeout),
-            recycle: Some(options.connect_timeout),
-        })
-        .build()
-        .map_err(|e| ReadSideError::Storage(format!("cannot build a connection pool: {e}")))
+        size,
+        options.connect_timeout,
+        options.connect_timeout,
+    )
+    .map_err(ReadSideError::Storage)
 }
 
 /// `host:port/dbname`, as the event store labels its replicas.
 pub(crate) fn label(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => host.clone(),
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let dbname = config.get_dbname().unwrap_or("");
-    format!("{host}:{port}/{dbname}")
+    cairn_store::postgres::connection_label(config)
 }
 
 #[cfg(test)]

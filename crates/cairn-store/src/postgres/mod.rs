@@ -68,6 +68,7 @@ mod import;
 mod leases;
 mod live;
 mod pool;
+pub use self::pool::{bounded_pool, label as connection_label};
 mod read;
 mod replicas;
 mod schema;

@@ -62,6 +62,24 @@ pub(crate) fn build_pool(
     size: usize,
     options: &PostgresOptions,
 ) -> Result<Pool, StoreError> {
+    bounded_pool(
+        config,
+        size,
+        options.pool_wait_timeout,
+        options.connect_timeout,
+    )
+    .map_err(StoreError::Internal)
+}
+
+/// A pool of at most `size` connections over `config`, without TLS, whose checkout
+/// waits at most `wait` and whose connects and recycling checks take at most
+/// `connect`. Also the read side's pools on PostgreSQL.
+pub fn bounded_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    wait: Duration,
+    connect: Duration,
+) -> Result<Pool, String> {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -73,16 +91,16 @@ pub(crate) fn build_pool(
         .max_size(size.max(1))
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
-            wait: Some(options.pool_wait_timeout),
-            create: Some(options.connect_timeout),
-            recycle: Some(options.connect_timeout),
+            wait: Some(wait),
+            create: Some(connect),
+            recycle: Some(connect),
         })
         .build()
-        .map_err(|e| StoreError::Internal(format!("cannot build a connection pool: {e}")))
+        .map_err(|e| format!("cannot build a connection pool: {e}"))
 }
 
 /// `host:port/dbname` of a connection, for labels and logs: never the password.
-pub(crate) fn label(config: &tokio_postgres::Config) -> String {
+pub fn label(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
         Some(Host::Unix(path)) => path.display().to_string(),
