@@ -31,8 +31,12 @@ impl TracedStore {
         Self { inner, system }
     }
 
+    /// The span of one storage call: only inside a request whose trace is sampled, so
+    /// that the unsampled majority of calls costs no span at all.
     fn span(&self, operation: &'static str) -> tracing::Span {
-        if tracing::Span::current().is_none() {
+        let sampled = crate::trace::span_context(&tracing::Span::current())
+            .is_some_and(|context| context.is_sampled());
+        if !sampled {
             return tracing::Span::none();
         }
         tracing::info_span!(
