@@ -177,6 +177,18 @@ fn log_slow_statement(
     elapsed: Duration,
 ) {
     let plan_text = plans::one_line_plan(connection, &statement.sql, &[]);
+    warn_slow_statement(plan, event_type, index, statement, elapsed, &plan_text);
+}
+
+/// The slow-statement line itself, the same on every read-model database.
+pub(crate) fn warn_slow_statement(
+    plan: &ProjectionPlan,
+    event_type: &str,
+    index: usize,
+    statement: &EventStatement,
+    elapsed: Duration,
+    plan_text: &str,
+) {
     tracing::warn!(
         target: "cairn::slow_query",
         projection = %plan.config.name,
@@ -189,7 +201,8 @@ fn log_slow_statement(
     );
 }
 
-fn parse_if(needed: bool, text: &str, what: &str) -> Result<Option<Json>, String> {
+/// The event's data or metadata parsed, when a statement of the handler reads it.
+pub(crate) fn parse_if(needed: bool, text: &str, what: &str) -> Result<Option<Json>, String> {
     if !needed {
         return Ok(None);
     }

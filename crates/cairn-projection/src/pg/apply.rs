@@ -16,7 +16,6 @@ use crate::apply::{BatchOutcome, lookup};
 use crate::config::{EventField, EventStatement, ProjectionPlan};
 use crate::db::{ProjectionError, StoredProjection, StoredState};
 use crate::error::ReadSideError;
-use crate::plans;
 
 /// The checkpoint moves only from where this owner knows it: the position it last
 /// read or wrote, and the number of resets (rebuilds) it has seen.
@@ -286,8 +285,8 @@ async fn apply_event(
         return Ok(());
     };
     let started = Instant::now();
-    let data = parse_if(handler.needs_data, &event.data, "data")?;
-    let metadata = parse_if(handler.needs_meta, &event.metadata, "metadata")?;
+    let data = crate::apply::parse_if(handler.needs_data, &event.data, "data")?;
+    let metadata = crate::apply::parse_if(handler.needs_meta, &event.metadata, "metadata")?;
     for (index, statement) in handler.statements.iter().enumerate() {
         *changed = true;
         let statement_started = Instant::now();
@@ -342,25 +341,7 @@ async fn log_slow_statement(
         &vec![TextParam(None); statement.fields.len()],
     )
     .await;
-    tracing::warn!(
-        target: "cairn::slow_query",
-        projection = %plan.config.name,
-        event_type,
-        statement = index + 1,
-        params = ?statement.names,
-        duration_ms = plans::milliseconds(elapsed),
-        plan = %plan_text,
-        "slow projection statement"
-    );
-}
-
-fn parse_if(needed: bool, text: &str, what: &str) -> Result<Option<Json>, String> {
-    if !needed {
-        return Ok(None);
-    }
-    serde_json::from_str(text)
-        .map(Some)
-        .map_err(|e| format!("the event's {what} is not valid JSON: {e}"))
+    crate::apply::warn_slow_statement(plan, event_type, index, statement, elapsed, &plan_text);
 }
 
 /// An event field as the text PostgreSQL parses into the parameter's inferred type
