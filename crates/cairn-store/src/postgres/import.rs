@@ -8,13 +8,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_core::{Position, category_of};
+use cairn_core::Position;
 use deadpool_postgres::Client;
 use uuid::Uuid;
 
 use super::live::CHANNEL;
 use super::read::{from_db, stream_from_db, to_db};
 use super::schema::pg_error;
+use super::writer::EventColumns;
 use crate::import::{ExistingStream, ImportLookups, ImportPlan, plan};
 use crate::{ImportError, ImportRecord, ImportSummary, StoreError, Tombstone};
 
@@ -144,54 +145,30 @@ async fn write(
             .await?;
     }
 
-    let events = &plan.events;
+    let events = EventColumns::new(plan.events.iter().copied());
     if events.is_empty() {
         return Ok(());
     }
-    let event_positions: Vec<i64> = events.iter().map(|e| to_db(e.position)).collect();
-    let event_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let event_streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-    let event_versions: Vec<i64> = events.iter().map(|e| to_db(e.version)).collect();
-    let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let event_categories: Vec<&str> = events
-        .iter()
-        .map(|e| category_of(e.stream.as_str()))
-        .collect();
-    let event_data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let event_metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
-    let event_tags: Vec<Option<String>> = events
-        .iter()
-        .map(|e| (!e.tags.is_empty()).then(|| serde_json::Value::from(e.tags.clone()).to_string()))
-        .collect();
-    let recorded_at: Vec<i64> = events.iter().map(|e| e.recorded_at).collect();
     transaction
         .execute(
             WRITE_EVENTS,
             &[
-                &event_positions,
-                &event_ids,
-                &event_streams,
-                &event_versions,
-                &event_types,
-                &event_categories,
-                &event_data,
-                &event_metadata,
-                &event_tags,
-                &recorded_at,
+                &events.positions,
+                &events.ids,
+                &events.streams,
+                &events.versions,
+                &events.types,
+                &events.categories,
+                &events.data,
+                &events.metadata,
+                &events.tags,
+                &events.recorded_at,
             ],
         )
         .await?;
-    let mut tags = Vec::new();
-    let mut tag_positions = Vec::new();
-    for event in events {
-        for tag in &event.tags {
-            tags.push(tag.as_str());
-            tag_positions.push(to_db(event.position));
-        }
-    }
-    if !tags.is_empty() {
+    if !events.tag_names.is_empty() {
         transaction
-            .execute(WRITE_TAGS, &[&tags, &tag_positions])
+            .execute(WRITE_TAGS, &[&events.tag_names, &events.tag_positions])
             .await?;
     }
     transaction

@@ -523,31 +523,7 @@ async fn write_and_commit(
             deleted.push(stream.deleted);
         }
     }
-    // Events, column by column.
-    let events = &state.events;
-    let event_positions: Vec<i64> = events.iter().map(|e| to_db(e.position)).collect();
-    let event_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let event_streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-    let event_versions: Vec<i64> = events.iter().map(|e| to_db(e.version)).collect();
-    let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let event_categories: Vec<&str> = events
-        .iter()
-        .map(|e| category_of(e.stream.as_str()))
-        .collect();
-    let event_data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let event_metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
-    let event_tags: Vec<Option<String>> = events
-        .iter()
-        .map(|e| (!e.tags.is_empty()).then(|| serde_json::Value::from(e.tags.clone()).to_string()))
-        .collect();
-    let mut tags = Vec::new();
-    let mut tag_positions = Vec::new();
-    for event in events {
-        for tag in &event.tags {
-            tags.push(tag.as_str());
-            tag_positions.push(to_db(event.position));
-        }
-    }
+    let events = EventColumns::new(&state.events);
     let key_names: Vec<&str> = state.new_keys.iter().map(|k| k.key.as_str()).collect();
     let key_fingerprints: Vec<&[u8]> = state.new_keys.iter().map(|k| &k.fingerprint[..]).collect();
     let key_responses: Vec<&str> = state.new_keys.iter().map(|k| k.response.as_str()).collect();
@@ -568,23 +544,23 @@ async fn write_and_commit(
                 &created,
                 &recorded_at,
                 &deleted,
-                &event_positions,
-                &event_ids,
-                &event_streams,
-                &event_versions,
-                &event_types,
-                &event_categories,
-                &event_data,
-                &event_metadata,
-                &event_tags,
+                &events.positions,
+                &events.ids,
+                &events.streams,
+                &events.versions,
+                &events.types,
+                &events.categories,
+                &events.data,
+                &events.metadata,
+                &events.tags,
             ],
         ));
     }
-    if !tags.is_empty() {
+    if !events.tag_names.is_empty() {
         round.push(query(
             client,
             write_tags,
-            sql_params![&tags, &tag_positions],
+            sql_params![&events.tag_names, &events.tag_positions],
         ));
     }
     if !key_names.is_empty() {
@@ -603,6 +579,68 @@ async fn write_and_commit(
         result?;
     }
     Ok(())
+}
+
+/// Events as the column arrays the bulk `UNNEST` inserts take (the writer's and the
+/// import's), and their tags as `event_tags` rows.
+pub(super) struct EventColumns<'a> {
+    pub(super) positions: Vec<i64>,
+    pub(super) ids: Vec<Uuid>,
+    pub(super) streams: Vec<&'a str>,
+    pub(super) versions: Vec<i64>,
+    pub(super) types: Vec<&'a str>,
+    pub(super) categories: Vec<&'a str>,
+    pub(super) data: Vec<&'a str>,
+    pub(super) metadata: Vec<&'a str>,
+    /// A JSON array of the event's tags, `None` when it has none.
+    pub(super) tags: Vec<Option<String>>,
+    pub(super) recorded_at: Vec<i64>,
+    pub(super) tag_names: Vec<&'a str>,
+    pub(super) tag_positions: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(super) fn new(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Self {
+        let mut columns = Self {
+            positions: Vec::new(),
+            ids: Vec::new(),
+            streams: Vec::new(),
+            versions: Vec::new(),
+            types: Vec::new(),
+            categories: Vec::new(),
+            data: Vec::new(),
+            metadata: Vec::new(),
+            tags: Vec::new(),
+            recorded_at: Vec::new(),
+            tag_names: Vec::new(),
+            tag_positions: Vec::new(),
+        };
+        for event in events {
+            let stream = event.stream.as_str();
+            columns.positions.push(to_db(event.position));
+            columns.ids.push(event.id);
+            columns.streams.push(stream);
+            columns.versions.push(to_db(event.version));
+            columns.types.push(event.event_type.as_str());
+            columns.categories.push(category_of(stream));
+            columns.data.push(event.data.as_str());
+            columns.metadata.push(event.metadata.as_str());
+            columns.tags.push(
+                (!event.tags.is_empty())
+                    .then(|| serde_json::Value::from(event.tags.clone()).to_string()),
+            );
+            columns.recorded_at.push(event.recorded_at);
+            for tag in &event.tags {
+                columns.tag_names.push(tag.as_str());
+                columns.tag_positions.push(to_db(event.position));
+            }
+        }
+        columns
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
 }
 
 /// The statements of the writing round trip, prepared before the transaction begins
