@@ -174,9 +174,18 @@ fn event_from_line(line: EventLine) -> Result<RecordedEvent, String> {
     })
 }
 
+/// An event store opened (and migrated) by [`open_store`].
+pub struct OpenedStore {
+    pub store: SharedStore,
+    /// Which store, for messages: "PostgreSQL at …" or "the embedded store in …".
+    pub described: String,
+    /// The schema version its migrations brought it to.
+    pub schema_version: usize,
+}
+
 /// Opens the event store `args` name (as `cairn serve` would: flags, `CAIRN_*`, the
-/// `--config` file); returns it and a description for messages.
-pub async fn open_store(args: &StoreArgs) -> anyhow::Result<(SharedStore, String)> {
+/// `--config` file), applying the migrations it lacks.
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<OpenedStore> {
     let serve = ServeArgs {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
@@ -187,7 +196,11 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<(SharedStore, String
     match &settings.database {
         Some(database) => {
             let store = database.open(settings.idempotency_window).await?;
-            Ok((store, format!("PostgreSQL at {}", database.redacted_url())))
+            Ok(OpenedStore {
+                store,
+                described: format!("PostgreSQL at {}", database.redacted_url()),
+                schema_version: cairn_store::postgres::SCHEMA_VERSION,
+            })
         }
         None => {
             let data_dir = settings.data_dir.clone();
@@ -202,10 +215,11 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<(SharedStore, String
                     )
                 })?;
             let store: SharedStore = Arc::new(store);
-            Ok((
+            Ok(OpenedStore {
                 store,
-                format!("the embedded store in {}", data_dir.display()),
-            ))
+                described: format!("the embedded store in {}", data_dir.display()),
+                schema_version: cairn_store::sqlite::SCHEMA_VERSION,
+            })
         }
     }
 }

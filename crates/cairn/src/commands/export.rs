@@ -8,8 +8,8 @@ use anyhow::Context;
 use cairn_core::EventFilter;
 
 use super::archive::{
-    FORMAT_VERSION, Header, flush_into, open_store, progress_bar, write_event, write_header,
-    write_tombstone,
+    FORMAT_VERSION, Header, OpenedStore, flush_into, open_store, progress_bar, write_event,
+    write_header, write_tombstone,
 };
 use crate::cli::ExportArgs;
 
@@ -19,7 +19,9 @@ const PAGE: usize = 1000;
 const WRITE_CHUNK: usize = 1 << 20;
 
 pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let (store, described) = open_store(&args.store).await?;
+    let OpenedStore {
+        store, described, ..
+    } = open_store(&args.store).await?;
     let from = args.from_position.max(1);
     // Events appended while the export runs (on PostgreSQL) are left for the next one.
     let head = store

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use anyhow::{Context, bail};
 use cairn_store::{ImportError, ImportRecord, SharedStore};
 
-use super::archive::{FORMAT_VERSION, Line, open_store, parse_line, progress_bar};
+use super::archive::{FORMAT_VERSION, Line, OpenedStore, open_store, parse_line, progress_bar};
 use crate::cli::ImportArgs;
 
 /// Counts the bytes read, for the progress bar.
@@ -63,7 +63,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         _ => (Box::new(std::io::stdin()), None, "stdin".to_owned()),
     };
-    let (store, described) = open_store(&args.store).await?;
+    let OpenedStore {
+        store, described, ..
+    } = open_store(&args.store).await?;
     let head = store
         .head_position()
         .await

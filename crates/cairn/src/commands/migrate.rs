@@ -3,20 +3,16 @@
 //! starting at the same time migrate once), and prints the schema version. For a
 //! deployment step that upgrades the database before new instances start.
 
-use cairn_store::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA;
-use cairn_store::sqlite::SCHEMA_VERSION as SQLITE_SCHEMA;
-
-use super::archive::open_store;
+use super::archive::{OpenedStore, open_store};
 use crate::cli::StoreArgs;
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
-    let (store, described) = open_store(&args).await?;
-    let version = if described.starts_with("PostgreSQL") {
-        POSTGRES_SCHEMA
-    } else {
-        SQLITE_SCHEMA
-    };
+    let OpenedStore {
+        store,
+        described,
+        schema_version,
+    } = open_store(&args).await?;
     let head = store.head_position().await?;
-    println!("{described}: schema version {version}, head position {head}");
+    println!("{described}: schema version {schema_version}, head position {head}");
     Ok(())
 }
