@@ -134,8 +134,8 @@ fn is_valid_request_id(id: &str) -> bool {
 /// and the trace id (and, with traces exported, Cairn's span id). Never a header value
 /// other than the request id, never a body.
 ///
-/// With traces exported, the request's span continues the trace of its `traceparent`
-/// header ([`crate::trace`]).
+/// With traces exported and the request sampled, the request's span continues the
+/// trace of its `traceparent` header ([`crate::trace`]).
 ///
 /// The handler runs inside this task's future, so the check of the commitment after
 /// the timer fired cannot race with the handler: either it committed in an earlier
@@ -149,28 +149,38 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|connected| connected.0);
+    // Sampled before the span is made: an unsampled request's span is for the log only.
+    let parent = crate::trace::sampled_parent(request.headers());
     // Logs written while handling the request (a 5xx's detail, say) carry its context.
-    let span = tracing::info_span!(
-        target: "cairn::http",
-        "request",
-        method = method.as_str(),
-        route = route.as_ref(),
-        request_id = request_id.as_str(),
-        client_addr = client.map(tracing::field::display),
-        trace_id = Empty,
-        span_id = Empty,
-        token = Empty,
-        otel.name = Empty,
-        otel.kind = Empty,
-        http.response.status_code = Empty,
-        otel.status_code = Empty,
-    );
-    if cairn_store::trace::enabled() {
+    macro_rules! request_span {
+        ($target:expr) => {
+            tracing::info_span!(
+                target: $target,
+                "request",
+                method = method.as_str(),
+                route = route.as_ref(),
+                request_id = request_id.as_str(),
+                client_addr = client.map(tracing::field::display),
+                trace_id = Empty,
+                span_id = Empty,
+                token = Empty,
+                otel.name = Empty,
+                otel.kind = Empty,
+                http.response.status_code = Empty,
+                otel.status_code = Empty,
+            )
+        };
+    }
+    let span = if parent.is_some() {
+        let span = request_span!("cairn::http");
         // Before the span starts: the exporter names it now.
         span.record("otel.name", format!("{method} {route}").as_str());
         span.record("otel.kind", "server");
-    }
-    let trace = crate::trace::continue_trace(&span, request.headers());
+        span
+    } else {
+        request_span!(crate::trace::UNTRACED_TARGET)
+    };
+    let trace = crate::trace::continue_trace(&span, parent, request.headers());
     if let Some(trace_id) = &trace.trace_id {
         span.record("trace_id", trace_id.as_str());
     }

@@ -58,7 +58,7 @@ pub fn init_with_tracer(
             .boxed(),
     };
     // Cairn's own spans and events only: the exporter's gRPC client must not trace
-    // itself. No busy/idle time, thread or source-location attributes: the first costs
+    // itself, and an unsampled request's span is for the log alone. No busy/idle time, thread or source-location attributes: the first costs
     // work on every poll of every instrumented future (most requests are not sampled),
     // and none of them helps follow an event.
     let traces = tracing_opentelemetry::layer()
@@ -67,7 +67,9 @@ pub fn init_with_tracer(
         .with_threads(false)
         .with_location(false)
         .with_filter(filter_fn(|metadata| {
-            metadata.target().starts_with("cairn") && *metadata.level() <= LevelFilter::INFO
+            metadata.target().starts_with("cairn")
+                && metadata.target() != cairn_server::trace::UNTRACED_TARGET
+                && *metadata.level() <= LevelFilter::INFO
         }));
     Registry::default()
         .with(logs)

@@ -102,7 +102,13 @@ impl Telemetry {
             .with_endpoint(endpoint.clone())
             .build()
             .with_context(|| format!("cannot set up the OTLP trace exporter for {endpoint}"))?;
+        // The sampler the `OTEL_TRACES_SAMPLER(_ARG)` variables configure, as the SDK
+        // reads them: requests are sampled with it before their span is made, and the
+        // exporter's copy keeps the request spans that were (`cairn_server::trace`).
+        let sampler = opentelemetry_sdk::trace::Config::default().sampler;
+        cairn_server::trace::set_request_sampler(Some(sampler.clone()));
         let provider = SdkTracerProvider::builder()
+            .with_sampler(cairn_server::trace::PreSampledRequests::new(sampler))
             .with_batch_exporter(exporter)
             .with_resource(resource())
             .build();
@@ -132,6 +138,7 @@ impl Telemetry {
             return;
         };
         cairn_store::trace::set_enabled(false);
+        cairn_server::trace::set_request_sampler(None);
         let stopped =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
                 .await;

@@ -27,6 +27,8 @@ use crate::support::{Running, Server};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
+/// A caller's trace that the caller did not sample.
+const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const SERVICE: &str = "cairn-under-test";
 /// In event data only: must never show up in a log line or a span.
 const PAYLOAD_MARKER: &str = "payload-marker-7f3a";
@@ -550,7 +552,39 @@ fn only_a_trace_someone_can_follow_is_stored_in_the_metadata() {
         stored.starts_with(&format!("00-{TRACE_ID}-")) && !stored.contains(PARENT_ID),
         "Cairn's span in the caller's trace: {stored}"
     );
+
+    // The caller did not sample its trace: Cairn makes no span in it and stores the
+    // caller's header as it came, for whoever continues it downstream.
+    let unsampled = format!("00-{UNSAMPLED_TRACE_ID}-{PARENT_ID}-00");
+    let declined = request(
+        &address,
+        "POST",
+        "/v1/streams/order-1/events",
+        &[("traceparent", &unsampled)],
+        &append_body(),
+    );
+    assert_eq!(declined.status, 201, "{}", declined.body);
+    let page = request(&address, "GET", "/v1/streams/order-1/events", &[], "");
+    assert_eq!(
+        page.json()["events"][2]["metadata"]["$traceparent"].as_str(),
+        Some(unsampled.as_str())
+    );
     stop(&mut server);
+
+    // Flushed at the stop: the one sampled request's spans, nothing of the others.
+    let exported = collector.spans();
+    assert!(
+        exported
+            .iter()
+            .any(|received| hex(&received.span.trace_id) == TRACE_ID),
+        "the sampled request was exported"
+    );
+    let strays: Vec<_> = exported
+        .iter()
+        .filter(|received| hex(&received.span.trace_id) != TRACE_ID)
+        .map(|received| &received.span.name)
+        .collect();
+    assert!(strays.is_empty(), "spans of unsampled requests: {strays:?}");
 }
 
 #[test]
