@@ -46,8 +46,8 @@ pub const PROCESS_START_TIME_SECONDS: &str = "cairn_process_start_time_seconds";
 // The store's histograms (`cairn_store::metrics`) get their buckets here, where the
 // recorder is built.
 use cairn_store::metrics::{
-    BATCH_SIZE_BUCKETS, COMMIT_DURATION_BUCKETS, COMMIT_DURATION_SECONDS, GROUP_COMMIT_BATCH_SIZE,
-    POOL_WAIT_BUCKETS, POOL_WAIT_SECONDS,
+    BATCH_SIZE_BUCKETS, COMMIT_DURATION_BUCKETS, COMMIT_DURATION_SECONDS, COMMIT_PHASE_SECONDS,
+    GROUP_COMMIT_BATCH_SIZE, POOL_WAIT_BUCKETS, POOL_WAIT_SECONDS,
 };
 
 /// The `route` label of a request that matched no route.
@@ -108,6 +108,10 @@ fn builder() -> PrometheusBuilder {
             )?
             .set_buckets_for_metric(
                 Matcher::Full(COMMIT_DURATION_SECONDS.to_owned()),
+                COMMIT_DURATION_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(COMMIT_PHASE_SECONDS.to_owned()),
                 COMMIT_DURATION_BUCKETS,
             )?
             .set_buckets_for_metric(

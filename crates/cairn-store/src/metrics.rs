@@ -6,6 +6,12 @@ pub const APPENDED_EVENTS: &str = "cairn_appended_events_total";
 pub const GROUP_COMMIT_BATCH_SIZE: &str = "cairn_group_commit_batch_size";
 /// Time to commit (and fsync) one group-commit transaction, histogram in seconds.
 pub const COMMIT_DURATION_SECONDS: &str = "cairn_commit_duration_seconds";
+/// Time spent in each phase of a PostgreSQL group commit, histogram in seconds by
+/// `phase`: `lock_and_read` (the first round trip: `BEGIN`, the head lock, which waits
+/// for other instances' batches, and the lookups), `decide` (checking the requests in
+/// memory) and `write_and_commit` (the second round trip, `COMMIT` and its WAL flush
+/// included). The head lock is held from the first phase's lock to the end of the last.
+pub const COMMIT_PHASE_SECONDS: &str = "cairn_commit_phase_duration_seconds";
 /// The last committed position, gauge.
 pub const HEAD_POSITION: &str = "cairn_head_position";
 

@@ -402,6 +402,7 @@ async fn run_transaction(
     }
     let writes = WriteStatements::prepare(client).await.map_err(fail)?;
 
+    let phase_started = Instant::now();
     let now = now_micros();
     let window_start = now.saturating_sub(idempotency_window);
     // Each statement here is planned for its values (see `pool.rs`), so a lookup with
@@ -444,6 +445,8 @@ async fn run_transaction(
         condition_rows.insert(*index, next()?);
     }
 
+    record_phase("lock_and_read", phase_started);
+    let phase_started = Instant::now();
     let lookups = Lookups::from_rows(
         &head_row,
         &stream_rows,
@@ -466,17 +469,26 @@ async fn run_transaction(
         })
         .collect();
     debug_assert_eq!(decisions.len(), batch.len());
+    record_phase("decide", phase_started);
 
+    let phase_started = Instant::now();
     match write_and_commit(client, &writes, &state).await {
         Ok(()) => {}
         Err(error) => return Err((failure_at_commit(error), Some(decisions))),
     }
+    record_phase("write_and_commit", phase_started);
     let appended = (state.head > state.head_before).then_some((state.head_before + 1, state.head));
     Ok(Committed {
         decisions,
         appended,
         events: state.events,
     })
+}
+
+/// Records how long one phase of a group commit took (see `COMMIT_PHASE_SECONDS`).
+fn record_phase(phase: &'static str, started: Instant) {
+    metrics::histogram!(m::COMMIT_PHASE_SECONDS, "phase" => phase)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// A failure in the writing round trip: a closed connection there may have happened

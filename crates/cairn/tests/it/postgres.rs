@@ -136,6 +136,28 @@ fn two_instances_on_one_database_share_one_gapless_log() {
     let tail = ok(run(&["read", "late-1", "--url", &b.url]));
     assert!(tail.contains("\"Late\""), "{tail}");
 
+    // Each group commit timed its three phases, once per transaction.
+    let (status, metrics) = http_get(a.address(), "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let count = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    let commits = count("cairn_commit_duration_seconds_count ");
+    assert!(commits > 0);
+    for phase in ["lock_and_read", "decide", "write_and_commit"] {
+        assert_eq!(
+            count(&format!(
+                "cairn_commit_phase_duration_seconds_count{{phase=\"{phase}\"}} "
+            )),
+            commits,
+            "{phase}"
+        );
+    }
+
     for server in [&a, &b] {
         let logs = server.logs();
         assert_no_password(&logs);
