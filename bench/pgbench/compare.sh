@@ -13,7 +13,7 @@ cairn() { # scenario clients extra...
 }
 for round in 1 2 3; do
   for n in 1 16 64; do quiet; CLIENTS=$n BATCH_CLIENTS= DURATION=10 bench/pgbench/run.sh $PG/cairn_ceiling | tail -1 | sed "s/^/pgbench r$round /"; done
-  quiet; CLIENTS= BATCH_CLIENTS=16 DURATION=10 bench/pgbench/run.sh $PG/cairn_ceiling | tail -1 | sed "s/^/pgbench r$round /"
+  quiet; CLIENTS= BATCH_CLIENTS=16 DURATION=10 bench/pgbench/run.sh $PG/cairn_ceiling | tail -2 | sed "s/^/pgbench r$round /"
   psql $PG/postgres -qc 'DROP DATABASE IF EXISTS cairn_bench' -c 'CREATE DATABASE cairn_bench' 2>/dev/null
   rm -rf "${TMPDIR:-/tmp}/cairn-pg-bench"
   $B serve --database-url $PG/cairn_bench --data-dir "${TMPDIR:-/tmp}/cairn-pg-bench" --listen 127.0.0.1:7300 --log-level warn > /dev/null 2>&1 &

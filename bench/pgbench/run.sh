@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The PostgreSQL ceiling for BENCHMARKS.md: pgbench inserting the rows Cairn stores,
-# one per transaction and a hundred per transaction, at the client counts `cairn bench`
+# one per transaction and a hundred per transaction (from one INSERT ... SELECT, and
+# from a hundred single-row INSERTs), at the client counts `cairn bench`
 # uses, on the server Cairn is measured against (run both in the same sitting).
 #
 #   bench/pgbench/run.sh [CONNINFO]        default: postgres://postgres@127.0.0.1:5432/cairn_ceiling
@@ -38,4 +39,6 @@ done
 for n in $batch_clients; do
     t="$(tps batch100.sql "$n")"
     printf '%-28s %8s %12s\n' "100-row transactions" "$n" "$(( t * 100 ))"
+    t="$(tps batch100-statements.sql "$n")"
+    printf '%-28s %8s %12s\n' "100 INSERTs a transaction" "$n" "$(( t * 100 ))"
 done
