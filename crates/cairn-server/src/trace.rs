@@ -16,7 +16,7 @@
 //! server span that reaches it (the decision was made here) and asks the configured
 //! sampler about everything else; so the ratio applies once.
 
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 
 use http::HeaderMap;
 use opentelemetry::Context;
@@ -39,10 +39,9 @@ static REQUEST_SAMPLER: RwLock<Option<Box<dyn ShouldSample>>> = RwLock::new(None
 /// Sets the sampler requests are sampled with (the binary's, from the `OTEL_*`
 /// environment, when it installs an exporter); `None` when traces stop.
 pub fn set_request_sampler(sampler: Option<Box<dyn ShouldSample>>) {
-    match REQUEST_SAMPLER.write() {
-        Ok(mut slot) => *slot = sampler,
-        Err(poisoned) => *poisoned.into_inner() = sampler,
-    }
+    *REQUEST_SAMPLER
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = sampler;
 }
 
 /// With traces exported and the request sampled, the context its span continues: the
@@ -53,15 +52,11 @@ pub fn sampled_parent(headers: &HeaderMap) -> Option<Context> {
         return None;
     }
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let sampled = match REQUEST_SAMPLER.read() {
-        Ok(sampler) => sampler
-            .as_deref()
-            .is_some_and(|sampler| request_is_sampled(sampler, &parent)),
-        Err(poisoned) => poisoned
-            .into_inner()
-            .as_deref()
-            .is_some_and(|sampler| request_is_sampled(sampler, &parent)),
-    };
+    let sampled = REQUEST_SAMPLER
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_deref()
+        .is_some_and(|sampler| request_is_sampled(sampler, &parent));
     sampled.then_some(parent)
 }
 
@@ -179,41 +174,17 @@ pub fn continue_trace(
 
 /// The `traceparent` a write stores in its events' metadata: the current span's (the
 /// request's) when the request is sampled, else the request's valid header. A trace
-/// that Cairn started itself and did not sample is not stored: nobody can follow it,
-/// and leaving it out spares every event of the write ~70 bytes and the work of adding
-/// them.
+/// that Cairn started itself and did not sample is not stored (its request has no
+/// exported span): nobody can follow it, and leaving it out spares every event of the
+/// write ~70 bytes and the work of adding them.
 pub fn write_traceparent(headers: &HeaderMap) -> Option<String> {
-    let incoming = crate::extract::traceparent(headers);
-    match cairn_store::trace::traceparent_of(&tracing::Span::current()) {
-        Some(own) if incoming.is_some() || is_sampled(&own) => Some(own),
-        Some(_) => None,
-        None => incoming.map(str::to_owned),
-    }
-}
-
-/// Whether a valid `traceparent`'s flags have the sampled bit.
-fn is_sampled(traceparent: &str) -> bool {
-    traceparent
-        .rsplit('-')
-        .next()
-        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
-        .is_some_and(|flags| flags & 1 == 1)
+    cairn_store::trace::traceparent_of(&tracing::Span::current())
+        .or_else(|| crate::extract::traceparent(headers).map(str::to_owned))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_sampled_flag_is_read_from_the_traceparent() {
-        assert!(is_sampled(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_sampled(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-        ));
-        assert!(!is_sampled("nonsense"));
-    }
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
