@@ -221,6 +221,104 @@ async fn idempotency_keys_expire_after_the_window_and_survive_reconnecting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_waiting_batch_see_its_commit() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let store: SharedStore = Arc::new(PostgresStore::connect(options(&database)).await.unwrap());
+    let keyed = |key: &str, expected| AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: key.into(),
+            fingerprint: [7; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..AppendRequest::single(stream("overlap"), expected, vec![event("E", "{}")])
+    };
+    // Another instance's transaction holds the head lock: the first batch queues on it.
+    let other = sql(&database.primary_url).await;
+    other
+        .batch_execute("BEGIN; SELECT position FROM cairn_head WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let store = Arc::clone(&store);
+        let request = keyed("first", ExpectedVersion::NoStream);
+        async move { store.append(request).await }
+    });
+    let watcher = sql(&database.primary_url).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // These queue behind the waiting batch; their own batch's lookups must see its
+    // commit: the replayed key, the stream it created.
+    let retried = tokio::spawn({
+        let store = Arc::clone(&store);
+        let request = keyed("first", ExpectedVersion::NoStream);
+        async move { store.append(request).await }
+    });
+    let racing = tokio::spawn({
+        let store = Arc::clone(&store);
+        let request = keyed("racing", ExpectedVersion::NoStream);
+        async move { store.append(request).await }
+    });
+    let following = tokio::spawn({
+        let store = Arc::clone(&store);
+        let request = keyed("following", ExpectedVersion::Exact(0));
+        async move { store.append(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    other.batch_execute("COMMIT").await.unwrap();
+
+    let AppendOutcome::Committed(first) = first.await.unwrap().unwrap() else {
+        panic!("the first append was not committed");
+    };
+    assert_eq!(first.first_position, 1);
+    assert_eq!(
+        retried.await.unwrap().unwrap(),
+        AppendOutcome::Replayed {
+            body: "{\"p\":1}".into()
+        }
+    );
+    let racing = racing.await.unwrap();
+    assert!(
+        matches!(
+            racing,
+            // Version 0, or 1 when the append expecting 0 came first in its batch.
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(0 | 1),
+                ..
+            })
+        ),
+        "a second NoStream append to the stream must be refused: {racing:?}"
+    );
+    let AppendOutcome::Committed(followed) = following.await.unwrap().unwrap() else {
+        panic!("the append expecting version 0 was not committed");
+    };
+    assert_eq!(
+        (followed.first_position, followed.streams[0].first_version),
+        (2, 1)
+    );
+    assert_eq!(store.head_position().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_paths_use_their_indexes() {
     let Some(database) = testing::shared_database().await else {
         return;
