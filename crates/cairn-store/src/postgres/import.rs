@@ -152,18 +152,7 @@ async fn write(
     transaction
         .execute(
             WRITE_EVENTS,
-            &[
-                &events.positions,
-                &events.ids,
-                &events.streams,
-                &events.versions,
-                &events.types,
-                &events.categories,
-                &events.data,
-                &events.metadata,
-                &events.tags,
-                &events.recorded_at,
-            ],
+            &[&events.row_params()[..], &[&events.recorded_at]].concat(),
         )
         .await?;
     if !events.tag_names.is_empty() {

@@ -549,23 +549,18 @@ async fn write_and_commit(
         round.push(query(
             client,
             write_streams_and_events,
-            sql_params![
-                &names,
-                &versions,
-                &positions,
-                &created,
-                &recorded_at,
-                &deleted,
-                &events.positions,
-                &events.ids,
-                &events.streams,
-                &events.versions,
-                &events.types,
-                &events.categories,
-                &events.data,
-                &events.metadata,
-                &events.tags,
-            ],
+            [
+                sql_params![
+                    &names,
+                    &versions,
+                    &positions,
+                    &created,
+                    &recorded_at,
+                    &deleted
+                ],
+                events.row_params().to_vec(),
+            ]
+            .concat(),
         ));
     }
     if !events.tag_names.is_empty() {
@@ -612,6 +607,22 @@ pub(super) struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
+    /// The columns of the events' rows, as both inserts unnest them: position, id,
+    /// stream, version, type, category, data, metadata, tags.
+    pub(super) fn row_params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.positions,
+            &self.ids,
+            &self.streams,
+            &self.versions,
+            &self.types,
+            &self.categories,
+            &self.data,
+            &self.metadata,
+            &self.tags,
+        ]
+    }
+
     pub(super) fn new(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Self {
         let mut columns = Self {
             positions: Vec::new(),
