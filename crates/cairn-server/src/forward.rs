@@ -14,13 +14,16 @@
 //! be reached: 503 `unavailable` with `Retry-After: 1`, and the client's retry finds
 //! the new owner.
 //!
-//! On the embedded store (one process) every group is driven here and nothing of this
-//! runs: [`to_owner`] answers at once, without I/O.
+//! [`group_owner`] does this as the group routes' layer, before their handlers. On the
+//! embedded store (one process) every group is driven here and nothing of this runs: it
+//! passes every request on at once, without I/O.
 
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::extract::{FromRequestParts as _, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use cairn_store::StoreError;
 use cairn_store::groups::GroupRoute;
 use http::header::{HeaderName, HeaderValue};
@@ -31,6 +34,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::GroupPath;
 use crate::groups::MAX_CLAIM_WAIT_MS;
 use crate::middleware::Commitment;
 
@@ -86,16 +90,47 @@ impl Default for Forwarder {
 }
 
 /// What became of a group request at this instance.
-pub enum Routed {
+enum Routed {
     /// Serve it here: this instance drives the group (or, for a `PUT`, creates it).
     Here(Body),
     /// The owner answered; here is its answer.
     Forwarded(Response),
 }
 
+/// The route layer of `/v1/groups/{group}…`: passes the request on to its handler when
+/// this instance drives the group (or creates it, for a `PUT` of a new one), and
+/// otherwise answers with what the owner answered it. A bad group name goes on to the
+/// handler, which refuses it as it would anywhere.
+pub async fn group_owner(
+    State(state): State<AppState>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Ok(GroupPath(group)) = GroupPath::from_request_parts(&mut parts, &state).await else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    let commitment = Commitment::of(&parts);
+    let routed = to_owner(
+        &state,
+        &group,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+        &commitment,
+    )
+    .await;
+    match routed {
+        Ok(Routed::Here(body)) => next.run(Request::from_parts(parts, body)).await,
+        Ok(Routed::Forwarded(response)) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
 /// Serves a request for `group` here, or forwards it to the instance that drives it.
 /// A forwarded request is committed first: once sent, the owner's answer is waited for.
-pub async fn to_owner(
+async fn to_owner(
     state: &AppState,
     group: &str,
     method: &Method,
@@ -147,31 +182,6 @@ pub async fn to_owner(
         }
     }
     answer.map(Routed::Forwarded)
-}
-
-/// [`to_owner`] for a request whose body the handler does not read: `Some` with the
-/// owner's answer when forwarded, `None` to serve it here.
-pub async fn request_to_owner(
-    state: &AppState,
-    group: &str,
-    request: Request<Body>,
-    commitment: &Commitment,
-) -> Result<Option<Response>, ApiError> {
-    let (parts, body) = request.into_parts();
-    let routed = to_owner(
-        state,
-        group,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        body,
-        commitment,
-    )
-    .await?;
-    Ok(match routed {
-        Routed::Here(_) => None,
-        Routed::Forwarded(response) => Some(response),
-    })
 }
 
 impl Forwarder {

@@ -1,20 +1,23 @@
 //! `/v1/groups…`: consumer groups (competing consumers, at-least-once delivery).
+//!
+//! With several instances, a request for one group reaches these handlers only on the
+//! instance that drives it (or, for a `PUT` of a new group, wherever it arrives): the
+//! route layer [`crate::forward::group_owner`] forwards the others to the owner.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cairn_api::{
     AckRequest, ClaimRequest, ClaimResponse, ErrorBody, GroupList, GroupRequest, GroupStatus,
     NackRequest, ParkedList, ReplayParkedRequest, ReplayParkedResponse, SettleResponse,
 };
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, StatusCode};
 
 use crate::AppState;
 use crate::error::{ApiError, json_response};
 use crate::extract::{
     GroupPath, ParkedQuery, content_length, decode_json, read_body, read_json_body,
 };
-use crate::forward::{self, Routed};
 use crate::groups;
 use crate::middleware::Commitment;
 use crate::openapi::ServerErrors;
@@ -43,17 +46,9 @@ pub async fn put_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
-        .await?
-    {
-        Routed::Here(body) => body,
-        Routed::Forwarded(response) => return Ok(response),
-    };
     let bytes = read_body(body, content_length(&headers), state.limits.max_body_bytes).await?;
     let request: GroupRequest = decode_json(&bytes, &state.limits)?;
     groups::check_filter_is_an_object(&bytes)?;
@@ -114,12 +109,7 @@ pub async fn list_groups(State(state): State<AppState>) -> Result<Response, ApiE
 pub async fn get_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
-    commitment: Commitment,
-    request: Request,
 ) -> Result<Response, ApiError> {
-    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
-        return Ok(response);
-    }
     let status = state.groups.status(&group).await?;
     Ok(json_body(StatusCode::OK, &groups::status_to_wire(&status)))
 }
@@ -144,11 +134,7 @@ pub async fn delete_group(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    request: Request,
 ) -> Result<Response, ApiError> {
-    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
-        return Ok(response);
-    }
     let _admin = state.group_admin.lock().await;
     commitment.commit();
     state.groups.delete(&group).await?;
@@ -178,17 +164,9 @@ pub async fn claim(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
-        .await?
-    {
-        Routed::Here(body) => body,
-        Routed::Forwarded(response) => return Ok(response),
-    };
     let request: ClaimRequest = read_json_body(&headers, body, &state.limits).await?;
     let claim = groups::claim_from_request(request)?;
     // A claim puts what it hands out in flight: once started it must answer, or the
@@ -229,17 +207,9 @@ pub async fn ack(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
-        .await?
-    {
-        Routed::Here(body) => body,
-        Routed::Forwarded(response) => return Ok(response),
-    };
     let request: AckRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = groups::check_positions(&request.positions)?;
     commitment.commit();
@@ -270,17 +240,9 @@ pub async fn nack(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
-        .await?
-    {
-        Routed::Here(body) => body,
-        Routed::Forwarded(response) => return Ok(response),
-    };
     let request: NackRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = groups::check_positions(&request.positions)?;
     let retry_after = groups::retry_after(request.retry_after_ms)?;
@@ -311,12 +273,7 @@ pub async fn list_parked(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     query: ParkedQuery,
-    commitment: Commitment,
-    request: Request,
 ) -> Result<Response, ApiError> {
-    if let Some(response) = forward::request_to_owner(&state, &group, request, &commitment).await? {
-        return Ok(response);
-    }
     let parked = state
         .groups
         .parked(&group, query.after, query.limit)
@@ -348,17 +305,9 @@ pub async fn replay_parked(
     State(state): State<AppState>,
     GroupPath(group): GroupPath,
     commitment: Commitment,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = match forward::to_owner(&state, &group, &method, &uri, &headers, body, &commitment)
-        .await?
-    {
-        Routed::Here(body) => body,
-        Routed::Forwarded(response) => return Ok(response),
-    };
     let request: ReplayParkedRequest = read_json_body(&headers, body, &state.limits).await?;
     let positions = match request.positions {
         Some(positions) => Some(groups::check_positions(&positions)?.to_vec()),

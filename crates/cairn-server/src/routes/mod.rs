@@ -69,6 +69,27 @@ pub const ROUTES: [&str; 24] = [
     OPENAPI,
 ];
 
+/// The routes of one consumer group, behind the layer that forwards a request to the
+/// instance driving the group when that is another one.
+fn group_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            GROUP,
+            put(groups::put_group)
+                .get(groups::get_group)
+                .delete(groups::delete_group),
+        )
+        .route(GROUP_CLAIM, post(groups::claim))
+        .route(GROUP_ACK, post(groups::ack))
+        .route(GROUP_NACK, post(groups::nack))
+        .route(GROUP_PARKED, get(groups::list_parked))
+        .route(GROUP_PARKED_REPLAY, post(groups::replay_parked))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::group_owner,
+        ))
+}
+
 /// The whole application with its middleware: observation (log line, metrics,
 /// timeout) outermost, then panic capture, then routing.
 pub fn router(state: AppState) -> Router {
@@ -92,17 +113,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(SUBSCRIBE, get(subscribe::subscribe))
         .route(GROUPS, get(groups::list_groups))
-        .route(
-            GROUP,
-            put(groups::put_group)
-                .get(groups::get_group)
-                .delete(groups::delete_group),
-        )
-        .route(GROUP_CLAIM, post(groups::claim))
-        .route(GROUP_ACK, post(groups::ack))
-        .route(GROUP_NACK, post(groups::nack))
-        .route(GROUP_PARKED, get(groups::list_parked))
-        .route(GROUP_PARKED_REPLAY, post(groups::replay_parked))
+        .merge(group_routes(&state))
         .route(PROJECTIONS, get(projections::list_projections))
         .route(PROJECTION, get(projections::get_projection))
         .route(PROJECTION_RESTART, post(projections::restart_projection))

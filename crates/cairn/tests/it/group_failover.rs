@@ -497,3 +497,141 @@ fn a_request_already_forwarded_is_not_forwarded_again() {
         assert!(line.contains("forward-test"), "{line}");
     });
 }
+
+#[test]
+fn every_group_route_through_another_instance_is_answered_by_the_owner() {
+    let runtime = runtime();
+    let Some(database) = runtime.block_on(shared_database()) else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let servers = [
+        start(&dir_a, &database.primary_url),
+        start(&dir_b, &database.primary_url),
+    ];
+    runtime.block_on(async {
+        append_events(&client(&servers[0]), 2).await;
+        create_group(&client(&servers[0])).await;
+        let (owner_index, other_index) = owner_and_other(&database, &servers).await;
+        let (a, b) = (&servers[owner_index], &servers[other_index]);
+        let http = reqwest::Client::new();
+        // Sends through b under a request id of its own; returns status and body.
+        let call = |method: reqwest::Method, path: String, body: Option<&str>, id: &str| {
+            let mut request = http
+                .request(method, format!("{}{path}", b.url))
+                .header("x-request-id", id.to_owned());
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.to_owned());
+            }
+            async move {
+                let answer = request.send().await.unwrap();
+                let status = answer.status().as_u16();
+                let body: serde_json::Value = answer.json().await.unwrap_or_default();
+                (status, body)
+            }
+        };
+        let group = format!("/v1/groups/{GROUP}");
+        let steps: Vec<(reqwest::Method, String, Option<&str>, u16)> = vec![
+            (reqwest::Method::GET, group.clone(), None, 200),
+            (
+                reqwest::Method::PUT,
+                group.clone(),
+                Some(r#"{"ordering":"per_stream","ack_timeout_ms":20000}"#),
+                200,
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{group}/claim"),
+                Some(r#"{"consumer":"c","max":1}"#),
+                200,
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{group}/nack"),
+                Some(r#"{"positions":[1]}"#),
+                200,
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{group}/claim"),
+                Some(r#"{"consumer":"c","max":1}"#),
+                200,
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{group}/ack"),
+                Some(r#"{"positions":[1]}"#),
+                200,
+            ),
+            (reqwest::Method::GET, format!("{group}/parked"), None, 200),
+            (
+                reqwest::Method::POST,
+                format!("{group}/parked/replay"),
+                Some("{}"),
+                200,
+            ),
+        ];
+        let mut answers = Vec::new();
+        for (index, (method, path, body, expected)) in steps.into_iter().enumerate() {
+            let id = format!("through-b-{index}");
+            let (status, answer) = call(method.clone(), path.clone(), body, &id).await;
+            assert_eq!(status, expected, "{method} {path}: {answer}");
+            answers.push(answer);
+            // The owner served it: its log has the request line under the same id.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !a
+                .logs()
+                .iter()
+                .any(|line| line.contains("\"message\":\"request\"") && line.contains(&id))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the owner never served {method} {path}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(answers[1]["settings"]["ack_timeout_ms"], 20_000);
+        assert_eq!(answers[2]["deliveries"][0]["position"], 1);
+        assert_eq!(answers[3]["settled"], 1);
+        assert_eq!(answers[4]["deliveries"][0]["attempt"], 2);
+        assert_eq!(answers[5]["settled"], 1);
+        assert_eq!(answers[6]["parked"], json!([]));
+        assert_eq!(answers[7]["replayed"], 0);
+
+        // Served by b itself: a bad name, a group nobody has, and creating a group.
+        let (status, answer) =
+            call(reqwest::Method::GET, "/v1/groups/$bad".into(), None, "bad").await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (400, &json!("invalid_request"))
+        );
+        let (status, answer) = call(
+            reqwest::Method::GET,
+            "/v1/groups/nobody".into(),
+            None,
+            "none",
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (404, &json!("not_found"))
+        );
+        let (status, _) = call(
+            reqwest::Method::PUT,
+            "/v1/groups/made-at-b".into(),
+            Some("{}"),
+            "new",
+        )
+        .await;
+        assert_eq!(status, 201);
+
+        // Deleting through b deletes at the owner.
+        let (status, _) = call(reqwest::Method::DELETE, group.clone(), None, "delete").await;
+        assert_eq!(status, 204);
+        let gone = http.get(format!("{}{group}", a.url)).send().await.unwrap();
+        assert_eq!(gone.status(), 404);
+    });
+}
