@@ -562,9 +562,26 @@ impl ConsumerGroups {
         if let Some(group) = groups.get(name) {
             let checkpoint = {
                 let mut state = group.state.lock().await;
-                self.store
-                    .save_group(name, &settings, state.checkpoint)
-                    .await?;
+                let saved = match (&self.leases, group.epoch) {
+                    // Shared: only while this instance still owns the group.
+                    (Some(leases), Some(epoch)) => {
+                        leases.save_settings(name, epoch, &settings).await
+                    }
+                    _ => self
+                        .store
+                        .save_group(name, &settings, state.checkpoint)
+                        .await
+                        .map(drop),
+                };
+                if let Err(error) = saved {
+                    if let StoreError::GroupMoved(_) = error {
+                        let group = Arc::clone(group);
+                        drop(state);
+                        drop(groups);
+                        self.abandon(&group, "another instance took it over").await;
+                    }
+                    return Err(error);
+                }
                 let filter_changed = state.settings.filter != settings.filter;
                 state.settings = settings;
                 if filter_changed {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use cairn_core::Position;
 use tokio::sync::watch;
 
-use crate::{GroupRecord, ParkedEvent, StoreError};
+use crate::{GroupRecord, GroupSettings, ParkedEvent, StoreError};
 
 /// A group this instance now drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,14 @@ pub trait GroupLeases: Send + Sync + 'static {
 
     /// The group's recorded owner; `None` when there is no such group.
     async fn owner(&self, name: &str) -> Result<Option<GroupOwner>, StoreError>;
+
+    /// Replaces the group's settings, if `epoch` is still the group's.
+    async fn save_settings(
+        &self,
+        name: &str,
+        epoch: u64,
+        settings: &GroupSettings,
+    ) -> Result<(), StoreError>;
 
     /// Moves the checkpoint forward, if `epoch` is still the group's.
     async fn save_checkpoint(

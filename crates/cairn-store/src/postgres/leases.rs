@@ -450,6 +450,36 @@ impl GroupLeases for PgGroupLeases {
         .await
     }
 
+    async fn save_settings(
+        &self,
+        name: &str,
+        epoch: u64,
+        settings: &GroupSettings,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            let client = checkout(&self.pool, "groups").await?;
+            let statement = client
+                .prepare_cached(
+                    "UPDATE consumer_groups SET settings = $2, updated_at = $3
+                     WHERE name = $1 AND owner_epoch = $4",
+                )
+                .await
+                .map_err(pg_error)?;
+            let updated = client
+                .execute(
+                    &statement,
+                    &[&name, &settings.to_stored(), &now_micros(), &to_db(epoch)],
+                )
+                .await
+                .map_err(pg_error)?;
+            if updated == 0 {
+                return Err(StoreError::GroupMoved(name.to_owned()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn save_checkpoint(
         &self,
         name: &str,

@@ -116,6 +116,20 @@ async fn a_write_under_a_stale_epoch_is_refused() {
     moved(a.park_events("jobs", first.epoch, vec![parked(4)]).await);
     moved(a.replay_parked("jobs", first.epoch, None).await.map(drop));
     moved(a.remove_parked("jobs", first.epoch, vec![2]).await);
+    let changed = GroupSettings {
+        max_deliveries: 9,
+        ..GroupSettings::default()
+    };
+    moved(a.save_settings("jobs", first.epoch, &changed).await);
+    let stored_settings = || async {
+        let groups = store.load_groups().await.unwrap();
+        groups
+            .into_iter()
+            .find(|group| group.name == "jobs")
+            .unwrap()
+            .settings
+    };
+    assert_eq!(stored_settings().await, GroupSettings::default());
     assert_eq!(stored_checkpoint(&database, "jobs").await, 3);
     let parked_now = store.list_parked("jobs", 0, 100).await.unwrap();
     assert_eq!(
@@ -125,6 +139,10 @@ async fn a_write_under_a_stale_epoch_is_refused() {
     assert!(!parked_now[0].replaying);
 
     // The owner's writes go through.
+    b.save_settings("jobs", second.epoch, &changed)
+        .await
+        .unwrap();
+    assert_eq!(stored_settings().await, changed);
     b.save_checkpoint("jobs", second.epoch, 9).await.unwrap();
     assert_eq!(stored_checkpoint(&database, "jobs").await, 9);
     assert_eq!(
