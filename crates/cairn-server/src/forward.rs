@@ -28,6 +28,7 @@ use cairn_store::StoreError;
 use cairn_store::groups::GroupRoute;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -73,19 +74,44 @@ const FORWARD_SLACK: Duration = Duration::from_secs(5);
 /// answer (the ownership round tries again anyway).
 const TAKE_OVER_LIMIT: Duration = Duration::from_secs(2);
 
-/// The HTTP client that forwards to the instances owning groups.
+/// The HTTP client that forwards to the instances owning groups: plain HTTP, or HTTP
+/// and HTTPS for an instance serving TLS, whose peers serve it too.
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: PeerClient,
+}
+
+enum PeerClient {
+    Plain(Client<HttpConnector, Body>),
+    Tls(Client<HttpsConnector<HttpConnector>, Body>),
+}
+
+impl Forwarder {
+    /// A forwarder that reaches `https://` owners with `tls` (for an instance serving
+    /// TLS: [`crate::tls::peer_client_config`]); without it, only `http://` ones.
+    pub fn new(tls: Option<rustls::ClientConfig>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let builder = Client::builder(TokioExecutor::new());
+        let client = match tls {
+            None => PeerClient::Plain(builder.build(http)),
+            Some(tls) => {
+                http.enforce_http(false);
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                PeerClient::Tls(builder.build(connector))
+            }
+        };
+        Self { client }
+    }
 }
 
 impl Default for Forwarder {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        Self::new(None)
     }
 }
 
@@ -218,7 +244,11 @@ impl Forwarder {
                 ApiError::internal(&format!("building a forwarded request: {error}"))
             })?;
         tracing::debug!(target: "cairn::http", owner, "forwarding to the group's owner");
-        let answer = match tokio::time::timeout(limit, self.client.request(request)).await {
+        let sent = match &self.client {
+            PeerClient::Plain(client) => client.request(request),
+            PeerClient::Tls(client) => client.request(request),
+        };
+        let answer = match tokio::time::timeout(limit, sent).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 return Err(ApiError::unavailable(&format!(

@@ -171,6 +171,13 @@ impl AppState {
         self
     }
 
+    /// The same state forwarding group requests to `https://` owners with `tls`
+    /// (an instance serving TLS: [`tls::peer_client_config`]), before serving.
+    pub fn with_peer_tls(mut self, tls: rustls::ClientConfig) -> Self {
+        self.forwarder = Arc::new(forward::Forwarder::new(Some(tls)));
+        self
+    }
+
     /// The same state with other subscription options (before serving).
     pub fn with_subscription_options(mut self, options: SubscriptionOptions) -> Self {
         self.subscriptions = Arc::new(Subscriptions::new(options));

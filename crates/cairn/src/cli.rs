@@ -414,7 +414,7 @@ pub struct ServeArgs {
     /// Connections to the PostgreSQL primary, and to each replica, at most [default: 16].
     #[arg(long, env = "CAIRN_POOL_SIZE", value_name = "N")]
     pub pool_size: Option<usize>,
-    /// With PostgreSQL: the http:// URL other instances reach this one at; consumer-group requests are forwarded to the instance driving the group [default: http://<listen address>].
+    /// With PostgreSQL: the URL other instances reach this one at; consumer-group requests are forwarded to the instance driving the group (over HTTPS when serving TLS, trusting the certificates in --tls-cert's file) [default: http(s)://<listen address>].
     #[arg(long, env = "CAIRN_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
     /// Redis shared by every instance for named-query results (redis://[:PASSWORD@]HOST:PORT[/DB]), behind the in-process cache; Redis down is a cache miss [default: none].

@@ -170,14 +170,7 @@ impl RunningServer {
             Some(database) => {
                 let advertise_url = match &database.advertise_url {
                     Some(url) => url.clone(),
-                    None if config.tls.is_some() => {
-                        tracing::warn!(
-                            "consumer-group requests are forwarded between instances over plain \
-                             HTTP; with TLS, set --advertise-url to an http:// address the other \
-                             instances reach, or they cannot forward to this one"
-                        );
-                        format!("https://{local_addr}")
-                    }
+                    None if config.tls.is_some() => format!("https://{local_addr}"),
                     None => format!("http://{local_addr}"),
                 };
                 let leases = database.group_leases(advertise_url).await?;
@@ -194,6 +187,13 @@ impl RunningServer {
         })?;
         if let Some(read_side) = &read_side {
             state = state.with_read_side(Arc::clone(read_side));
+        }
+        if let Some(tls) = &config.tls {
+            // Group requests are forwarded to the other instances over HTTPS, trusting
+            // the certificates of this instance's own file (see `peer_client_config`).
+            let peers = cairn_server::tls::peer_client_config(tls.certificate_path())
+                .context("cannot set up TLS for forwarding to the other instances")?;
+            state = state.with_peer_tls(peers);
         }
         state = state
             .with_auth(config.auth)

@@ -323,3 +323,21 @@ fn loading_names_the_file_that_is_missing_or_wrong() {
     let loaded = TlsCertificates::load(&certificate, &key).unwrap();
     assert_eq!(loaded.certificate_path(), certificate);
 }
+
+#[test]
+fn the_peer_configuration_needs_a_readable_certificate_file() {
+    let pki = pki("peers");
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = dir.path().join("cert.pem");
+    let missing = cairn_server::tls::peer_client_config(&certificate).unwrap_err();
+    assert!(
+        matches!(missing, TlsError::ReadCertificate { .. }),
+        "{missing}"
+    );
+    std::fs::write(&certificate, "not a certificate\n").unwrap();
+    let empty = cairn_server::tls::peer_client_config(&certificate).unwrap_err();
+    assert!(matches!(empty, TlsError::BadCertificate { .. }), "{empty}");
+    assert!(empty.to_string().contains("cert.pem"), "{empty}");
+    std::fs::write(&certificate, &pki.leaf_pem).unwrap();
+    assert!(cairn_server::tls::peer_client_config(&certificate).is_ok());
+}

@@ -351,3 +351,136 @@ fn aws_lc_stays_out_of_the_build() {
         );
     }
 }
+
+/// A certificate and key written to `dir` as `{name}-cert.pem` and `{name}-key.pem`:
+/// self-signed, or signed by `issuer` with the issuer's certificate after it in the file
+/// (as in a `fullchain.pem`).
+fn instance_certificate(
+    dir: &Path,
+    name: &str,
+    issuer: Option<&rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
+) -> Pki {
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = match issuer {
+        Some(issuer) => format!(
+            "{}{}",
+            params.signed_by(&key, issuer).unwrap().pem(),
+            issuer.pem()
+        ),
+        None => params.self_signed(&key).unwrap().pem(),
+    };
+    let files = Pki {
+        ca: dir.join(format!("{name}-cert.pem")),
+        cert: dir.join(format!("{name}-cert.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    };
+    std::fs::write(&files.cert, pem).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}
+
+fn certificate_authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// Two instances serving TLS on one PostgreSQL database, with these certificates: a
+/// group is created through the first (which then drives it), and a claim is sent
+/// through the second; returns the claim's status and error code.
+fn claim_through_the_other_instance(
+    database_url: &str,
+    first: &Pki,
+    second: &Pki,
+    group: &str,
+) -> (u16, Option<String>) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |pki: &Pki| {
+        vec![
+            "--database-url".to_owned(),
+            database_url.to_owned(),
+            "--tls-cert".to_owned(),
+            path(&pki.cert).to_owned(),
+            "--tls-key".to_owned(),
+            path(&pki.key).to_owned(),
+        ]
+    };
+    let start = |dir: &tempfile::TempDir, pki: &Pki| {
+        let args = args(pki);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_with(&dir.path().join("data"), "127.0.0.1:0", &args)
+    };
+    let (a, b) = (start(&dir_a, first), start(&dir_b, second));
+    // The test's own requests check nothing: what is checked is the instances' trust.
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    runtime().block_on(async {
+        let created = http
+            .put(format!("{}/v1/groups/{group}", a.url))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let claim = http
+            .post(format!("{}/v1/groups/{group}/claim", b.url))
+            .header("x-request-id", format!("claim-{group}"))
+            .body(r#"{"consumer":"c","max":1}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = claim.status().as_u16();
+        let body: serde_json::Value = claim.json().await.unwrap_or_default();
+        if status == 200 {
+            assert!(
+                a.logs()
+                    .iter()
+                    .any(|line| line.contains(&format!("claim-{group}"))),
+                "the owner did not serve the claim"
+            );
+        }
+        (status, body["error"]["code"].as_str().map(str::to_owned))
+    })
+}
+
+#[test]
+fn instances_serving_tls_forward_group_requests_to_each_other() {
+    let Some(database) = runtime().block_on(cairn_store::testing::shared_database()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // One self-signed certificate shared by both instances.
+    let shared = instance_certificate(dir.path(), "shared", None);
+    assert_eq!(
+        claim_through_the_other_instance(&database.primary_url, &shared, &shared, "shared"),
+        (200, None)
+    );
+    // Each instance its own certificate from one CA, the CA in each file.
+    let ca = certificate_authority("deployment");
+    let (one, two) = (
+        instance_certificate(dir.path(), "one", Some(&ca)),
+        instance_certificate(dir.path(), "two", Some(&ca)),
+    );
+    assert_eq!(
+        claim_through_the_other_instance(&database.primary_url, &one, &two, "chained"),
+        (200, None)
+    );
+    // An owner whose certificate the forwarding instance has no reason to trust.
+    let stranger = instance_certificate(dir.path(), "stranger", None);
+    assert_eq!(
+        claim_through_the_other_instance(&database.primary_url, &stranger, &shared, "stranger"),
+        (503, Some("unavailable".to_owned()))
+    );
+}
