@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::PostgresOptions;
@@ -227,6 +228,31 @@ impl PgGroupLeases {
     }
 
     /// Runs `work` on a pooled connection with the store's time limit.
+    /// Runs `sql`, an `UPDATE` of the group's row with `$1` its name, `$2` `value`, `$3`
+    /// now and `$4` `epoch`, which matches only while `epoch` is the group's: no row
+    /// updated means another instance took the group over.
+    async fn fenced_update(
+        &self,
+        sql: &str,
+        name: &str,
+        value: &(dyn ToSql + Sync),
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            let client = checkout(&self.pool, "groups").await?;
+            let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+            let updated = client
+                .execute(&statement, &[&name, value, &now_micros(), &to_db(epoch)])
+                .await
+                .map_err(pg_error)?;
+            if updated == 0 {
+                return Err(StoreError::GroupMoved(name.to_owned()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn timed<T>(
         &self,
         work: impl Future<Output = Result<T, StoreError>>,
@@ -456,27 +482,13 @@ impl GroupLeases for PgGroupLeases {
         epoch: u64,
         settings: &GroupSettings,
     ) -> Result<(), StoreError> {
-        self.timed(async {
-            let client = checkout(&self.pool, "groups").await?;
-            let statement = client
-                .prepare_cached(
-                    "UPDATE consumer_groups SET settings = $2, updated_at = $3
-                     WHERE name = $1 AND owner_epoch = $4",
-                )
-                .await
-                .map_err(pg_error)?;
-            let updated = client
-                .execute(
-                    &statement,
-                    &[&name, &settings.to_stored(), &now_micros(), &to_db(epoch)],
-                )
-                .await
-                .map_err(pg_error)?;
-            if updated == 0 {
-                return Err(StoreError::GroupMoved(name.to_owned()));
-            }
-            Ok(())
-        })
+        self.fenced_update(
+            "UPDATE consumer_groups SET settings = $2, updated_at = $3
+             WHERE name = $1 AND owner_epoch = $4",
+            name,
+            &settings.to_stored(),
+            epoch,
+        )
         .await
     }
 
@@ -486,27 +498,13 @@ impl GroupLeases for PgGroupLeases {
         epoch: u64,
         checkpoint: Position,
     ) -> Result<(), StoreError> {
-        self.timed(async {
-            let client = checkout(&self.pool, "groups").await?;
-            let statement = client
-                .prepare_cached(
-                    "UPDATE consumer_groups SET checkpoint = GREATEST(checkpoint, $2), updated_at = $3
-                     WHERE name = $1 AND owner_epoch = $4",
-                )
-                .await
-                .map_err(pg_error)?;
-            let updated = client
-                .execute(
-                    &statement,
-                    &[&name, &to_db(checkpoint), &now_micros(), &to_db(epoch)],
-                )
-                .await
-                .map_err(pg_error)?;
-            if updated == 0 {
-                return Err(StoreError::GroupMoved(name.to_owned()));
-            }
-            Ok(())
-        })
+        self.fenced_update(
+            "UPDATE consumer_groups SET checkpoint = GREATEST(checkpoint, $2), updated_at = $3
+             WHERE name = $1 AND owner_epoch = $4",
+            name,
+            &to_db(checkpoint),
+            epoch,
+        )
         .await
     }
 

@@ -180,6 +180,29 @@ async fn owner_and_other(database: &TestDatabase, servers: &[Server; 2]) -> (usi
     }
 }
 
+/// Two instances on `database`, each in a data dir of its own (kept alive with them).
+fn two_instances(database: &TestDatabase) -> ([tempfile::TempDir; 2], [Server; 2]) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let servers = [
+        start(&dirs[0], &database.primary_url),
+        start(&dirs[1], &database.primary_url),
+    ];
+    (dirs, servers)
+}
+
+/// Appends `events` events and creates the group through the first instance; returns
+/// the instance that drives the group, then the other.
+async fn with_a_group<'s>(
+    database: &TestDatabase,
+    servers: &'s [Server; 2],
+    events: usize,
+) -> (&'s Server, &'s Server) {
+    append_events(&client(&servers[0]), events).await;
+    create_group(&client(&servers[0])).await;
+    let (owner, other) = owner_and_other(database, servers).await;
+    (&servers[owner], &servers[other])
+}
+
 /// One worker: claims through `server` and acknowledges each delivery, until every
 /// position up to `last` is acknowledged; retries 503s and lost connections.
 async fn work(
@@ -430,16 +453,9 @@ fn a_request_already_forwarded_is_not_forwarded_again() {
     let Some(database) = runtime.block_on(shared_database()) else {
         return;
     };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let servers = [
-        start(&dir_a, &database.primary_url),
-        start(&dir_b, &database.primary_url),
-    ];
+    let (_dirs, servers) = two_instances(&database);
     runtime.block_on(async {
-        append_events(&client(&servers[0]), 3).await;
-        create_group(&client(&servers[0])).await;
-        let (owner_index, other_index) = owner_and_other(&database, &servers).await;
-        let (a, b) = (&servers[owner_index], &servers[other_index]);
+        let (a, b) = with_a_group(&database, &servers, 3).await;
         let claims_at_a = || {
             a.logs()
                 .iter()
@@ -504,16 +520,9 @@ fn every_group_route_through_another_instance_is_answered_by_the_owner() {
     let Some(database) = runtime.block_on(shared_database()) else {
         return;
     };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let servers = [
-        start(&dir_a, &database.primary_url),
-        start(&dir_b, &database.primary_url),
-    ];
+    let (_dirs, servers) = two_instances(&database);
     runtime.block_on(async {
-        append_events(&client(&servers[0]), 2).await;
-        create_group(&client(&servers[0])).await;
-        let (owner_index, other_index) = owner_and_other(&database, &servers).await;
-        let (a, b) = (&servers[owner_index], &servers[other_index]);
+        let (a, b) = with_a_group(&database, &servers, 2).await;
         let http = reqwest::Client::new();
         // Sends through b under a request id of its own; returns status and body.
         let call = |method: reqwest::Method, path: String, body: Option<&str>, id: &str| {
