@@ -19,9 +19,12 @@ use crate::error::ReadSideError;
 
 /// The checkpoint moves only from where this owner knows it: the position it last
 /// read or wrote, and the number of resets (rebuilds) it has seen.
+/// Other instances following the projection hear of the move when it commits
+/// (`moves.rs`).
 const MOVE_CHECKPOINT: &str = "UPDATE cairn_projections SET position = $2, state = $3,
         error_position = $4, error_type = $5, error_message = $6, updated_at = $7
-     WHERE name = $1 AND position = $8 AND resets = $9";
+     WHERE name = $1 AND position = $8 AND resets = $9
+     RETURNING pg_notify('cairn_projections', name)";
 
 /// This instance drives the projection while it holds this: the advisory lock lives
 /// as long as the connection.

@@ -1,8 +1,9 @@
 //! Driving a projection on PostgreSQL, with other instances on the same database:
 //! whoever holds its advisory lock applies events; the others follow the shared
-//! checkpoint table once a second and try the lock again, so that when the owner
-//! dies (its connection ends, PostgreSQL releases the lock) one of them takes over
-//! within about [`FOLLOW_INTERVAL`].
+//! checkpoint table, read again as soon as the owner notifies a move and at least
+//! every [`FOLLOW_INTERVAL`], and try the lock again every [`FOLLOW_INTERVAL`], so
+//! that when the owner dies (its connection ends, PostgreSQL releases the lock) one
+//! of them takes over within about that long.
 
 use std::sync::Arc;
 
@@ -21,16 +22,25 @@ pub(crate) async fn drive(
 ) {
     let name = projection.name().to_owned();
     let mut known_resets: Option<u64> = None;
+    let mut moves = read_models.checkpoint_moves();
     let mut first = true;
+    // The next periodic round (read the checkpoint, try the lock); a notified move in
+    // between only reads the checkpoint.
+    let mut next_round = tokio::time::Instant::now();
     loop {
         if !first {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                () = tokio::time::sleep_until(next_round) => {}
+                () = super::moves::moved(&mut moves, &name) => {}
             }
         }
         first = false;
+        let periodic = tokio::time::Instant::now() >= next_round;
+        if periodic {
+            next_round = tokio::time::Instant::now() + FOLLOW_INTERVAL;
+        }
         let stored = match read_models.load(&name).await {
             Ok(stored) => stored,
             Err(error) => {
@@ -39,7 +49,7 @@ pub(crate) async fn drive(
             }
         };
         follow(&context, &projection, &stored, &mut known_resets);
-        if stored.state == StoredState::Failed {
+        if stored.state == StoredState::Failed || !periodic {
             continue;
         }
         let mut owner = match Owner::try_take(&read_models, &name).await {

@@ -14,8 +14,9 @@
 //! - **One driver per projection** (`drive.rs`): a session advisory lock per
 //!   projection, taken with `pg_try_advisory_lock` on a dedicated connection that also
 //!   runs the batches. An instance that does not hold it follows the shared checkpoint
-//!   table once a second (for its status, its queries' positions and their cache) and
-//!   tries the lock again; when the owner dies its connection ends, PostgreSQL releases
+//!   table when the owner notifies a move (`moves.rs`, LISTEN/NOTIFY), and at least
+//!   once a second (for its status, its queries' positions and their cache), and
+//!   tries the lock again once a second; when the owner dies its connection ends, PostgreSQL releases
 //!   the lock, and another instance takes over within about a second.
 //! - **Queries** (`query.rs`) run in read-only transactions; on a replica, in a
 //!   `REPEATABLE READ` snapshot that first reads the checkpoints of the query's
@@ -24,6 +25,7 @@
 
 mod apply;
 mod drive;
+mod moves;
 mod plans;
 mod query;
 mod values;
@@ -120,6 +122,10 @@ pub(crate) struct PgReadModels {
     next_replica: AtomicUsize,
     /// Queries each replica answered, in the order of `replicas`.
     replica_reads: Vec<std::sync::atomic::AtomicU64>,
+    /// Names of projections whose checkpoint another instance moved (`moves.rs`).
+    moved: tokio::sync::broadcast::Sender<String>,
+    /// Stops the LISTEN connection, started with the first follower.
+    listening: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
 }
 
 /// Cairn's own tables in the schema, in order; `cairn_readmodel_schema` counts them.
@@ -161,7 +167,25 @@ impl PgReadModels {
             replicas,
             next_replica: AtomicUsize::new(0),
             replica_reads,
+            moved: tokio::sync::broadcast::channel(moves::BUFFERED).0,
+            listening: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Notifications of checkpoint moves, by projection name. The first call starts
+    /// the LISTEN connection (inside the runtime), which lasts until [`Self::close`].
+    pub(crate) fn checkpoint_moves(&self) -> tokio::sync::broadcast::Receiver<String> {
+        let receiver = self.moved.subscribe();
+        self.listening.get_or_init(|| {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(moves::listen(
+                self.config.clone(),
+                self.moved.clone(),
+                cancel.clone(),
+            ));
+            cancel
+        });
+        receiver
     }
 
     /// A pooled connection to the primary.
@@ -460,6 +484,9 @@ impl PgReadModels {
     }
 
     pub(crate) fn close(&self) {
+        if let Some(listening) = self.listening.get() {
+            listening.cancel();
+        }
         self.primary.close();
         for replica in &self.replicas {
             replica.pool.close();

@@ -401,6 +401,31 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
         .unwrap();
     assert_eq!(rows.rows[0]["applied"], json!(40));
 
+    // The owner notifies each move it commits: the follower hears of it at once, not
+    // at its next periodic read (once a second). Each round has a fresh second to
+    // wait at random; reading only once a second, four rounds under 400 ms each would
+    // be luck (about 1 in 40).
+    let mut position = 40;
+    for round in 0..4 {
+        append_events(&store, "clock-a", ticks(1)).await;
+        position += 1;
+        first
+            .wait_for_projection("ledger", position, PATIENCE)
+            .await
+            .unwrap();
+        let committed = Instant::now();
+        second
+            .wait_for_projection("ledger", position, PATIENCE)
+            .await
+            .unwrap();
+        let heard = committed.elapsed();
+        assert!(
+            heard < Duration::from_millis(400),
+            "round {round}: the follower took {heard:?} to learn position {position}"
+        );
+        tokio::time::sleep(Duration::from_millis(137)).await;
+    }
+
     // The owner stops; events keep coming; the follower takes over within seconds.
     let stopped = Instant::now();
     first.shutdown().await;
@@ -429,16 +454,16 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
     );
     writer.await.unwrap();
     let status = second
-        .wait_for_projection("ledger", 140, PATIENCE)
+        .wait_for_projection("ledger", 144, PATIENCE)
         .await
         .unwrap();
     assert_eq!(
         (status.state, status.position),
-        (ProjectionState::Running, 140)
+        (ProjectionState::Running, 144)
     );
     second.shutdown().await;
     let client = sql(&database.primary_url).await;
-    assert_eq!(assert_ledger_consistent(&client).await, 140);
+    assert_eq!(assert_ledger_consistent(&client).await, 144);
 }
 
 const ORDERS_PLANNED: &str = r#"
