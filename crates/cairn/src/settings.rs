@@ -624,18 +624,21 @@ impl Settings {
     }
 }
 
-/// An advertised base URL: `http://HOST:PORT` (a trailing `/` is dropped), reachable
-/// by the other instances. Forwarding between instances speaks plain HTTP.
+/// An advertised base URL: `http://HOST:PORT`, or `https://HOST:PORT` for an instance
+/// serving TLS (a trailing `/` is dropped), reachable by the other instances.
 pub fn parse_advertise_url(value: &str) -> Result<String, String> {
     let value = value.trim().trim_end_matches('/');
     let bad = |why: &str| {
         format!(
-            "{value:?} {why}; write the http:// URL other instances reach this one at, \
-             e.g. http://10.0.0.5:7171"
+            "{value:?} {why}; write the http:// (or, serving TLS, https://) URL other \
+             instances reach this one at, e.g. http://10.0.0.5:7171"
         )
     };
-    let Some(rest) = value.strip_prefix("http://") else {
-        return Err(bad("is not an http:// URL"));
+    let Some(rest) = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+    else {
+        return Err(bad("is not an http:// or https:// URL"));
     };
     if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
     {
@@ -762,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn advertise_urls_are_http_host_and_port() {
+    fn advertise_urls_are_a_scheme_host_and_port() {
         for (given, kept) in [
             ("http://10.0.0.5:7171", "http://10.0.0.5:7171"),
             (
@@ -771,14 +774,19 @@ mod tests {
             ),
             (" http://[::1]:7171 ", "http://[::1]:7171"),
             ("http://cairn", "http://cairn"),
+            (
+                "https://cairn-1.internal:7171/",
+                "https://cairn-1.internal:7171",
+            ),
         ] {
             assert_eq!(parse_advertise_url(given).as_deref(), Ok(kept), "{given}");
         }
         for bad in [
             "",
             "10.0.0.5:7171",
-            "https://cairn:7171",
+            "ftp://cairn:7171",
             "http://",
+            "https://",
             "http://cairn:7171/v1",
             "http://user@cairn:7171",
             "http://cairn:notaport",
