@@ -33,6 +33,8 @@ pub struct DatabaseSettings {
     /// Where the other instances reach this one (`--advertise-url`); `None`: the
     /// address it binds, as `http://<listen address>`.
     pub advertise_url: Option<String>,
+    /// The schema of the read models (`--readmodel-schema`).
+    pub readmodel_schema: String,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -42,6 +44,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("replica_urls", &self.redacted_replica_urls())
             .field("pool_size", &self.pool_size)
             .field("advertise_url", &self.advertise_url)
+            .field("readmodel_schema", &self.readmodel_schema)
             .finish()
     }
 }
@@ -80,6 +83,7 @@ impl DatabaseSettings {
             replica_urls,
             pool_size,
             advertise_url: None,
+            readmodel_schema: cairn_projection::DEFAULT_READ_MODEL_SCHEMA.to_owned(),
         }))
     }
 

@@ -417,6 +417,9 @@ pub struct ServeArgs {
     /// With PostgreSQL: the URL other instances reach this one at; consumer-group requests are forwarded to the instance driving the group (over HTTPS when serving TLS, trusting the certificates in --tls-cert's file) [default: http(s)://<listen address>].
     #[arg(long, env = "CAIRN_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
+    /// With PostgreSQL: the schema of the read models (the projections' tables and Cairn's `cairn_projections`), shared by the instances of one deployment; give deployments that share a database one each [default: cairn_readmodels].
+    #[arg(long, env = "CAIRN_READMODEL_SCHEMA", value_name = "NAME")]
+    pub readmodel_schema: Option<String>,
     /// Redis shared by every instance for named-query results (redis://[:PASSWORD@]HOST:PORT[/DB]), behind the in-process cache; Redis down is a cache miss [default: none].
     #[arg(long, env = "CAIRN_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,

@@ -129,6 +129,7 @@ impl RunningServer {
             options.postgres = config.database.as_ref().map(|database| {
                 let mut postgres = cairn_projection::PostgresReadModels::new(database.url.clone());
                 postgres.replica_urls = database.replica_urls.clone();
+                postgres.schema = database.readmodel_schema.clone();
                 postgres.pool_size = config.read_connections.max(1);
                 postgres
             });
@@ -142,7 +143,7 @@ impl RunningServer {
             .with_context(|| match &config.database {
                 Some(database) => format!(
                     "cannot start the read side (projections and queries) in schema {} of {}",
-                    cairn_projection::DEFAULT_READ_MODEL_SCHEMA,
+                    database.readmodel_schema,
                     database.redacted_url()
                 ),
                 None => format!(

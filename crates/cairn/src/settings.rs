@@ -96,6 +96,7 @@ pub struct RawSettings {
     pub replica_urls: Option<Vec<String>>,
     pub pool_size: Option<usize>,
     pub advertise_url: Option<String>,
+    pub readmodel_schema: Option<String>,
     pub redis_url: Option<String>,
 }
 
@@ -131,6 +132,7 @@ impl RawSettings {
         "replica_urls",
         "pool_size",
         "advertise_url",
+        "readmodel_schema",
         "redis_url",
     ];
 
@@ -183,6 +185,7 @@ impl RawSettings {
             replica_urls: (!args.replica_urls.is_empty()).then(|| args.replica_urls.clone()),
             pool_size: args.pool_size,
             advertise_url: args.advertise_url.clone(),
+            readmodel_schema: args.readmodel_schema.clone(),
             redis_url: args.redis_url.clone(),
         }
     }
@@ -552,8 +555,25 @@ impl Settings {
             }
             None => None,
         };
+        let readmodel_schema = match pick(&over.readmodel_schema, &file.readmodel_schema) {
+            Some((value, from_file)) => {
+                let setting = origin("readmodel-schema", "readmodel_schema").describe(from_file);
+                if database.is_none() {
+                    bail!(
+                        "invalid {setting}: read models have a schema on PostgreSQL only; set \
+                         --database-url (or CAIRN_DATABASE_URL, or `database_url` in the file) too"
+                    );
+                }
+                let schema = value.trim();
+                cairn_projection::check_schema_name(schema)
+                    .map_err(|error| anyhow::anyhow!("invalid {setting}: {error}"))?;
+                schema.to_owned()
+            }
+            None => cairn_projection::DEFAULT_READ_MODEL_SCHEMA.to_owned(),
+        };
         let database = database.map(|database| crate::backend::DatabaseSettings {
             advertise_url: advertise_url.clone(),
+            readmodel_schema,
             ..database
         });
         Ok(Settings {
@@ -619,6 +639,7 @@ impl Settings {
             "replica_urls": self.database.as_ref().map_or_else(Vec::new, |database| database.redacted_replica_urls()),
             "pool_size": self.database.as_ref().map_or(crate::backend::DEFAULT_POOL_SIZE, |database| database.pool_size),
             "advertise_url": self.advertise_url,
+            "readmodel_schema": self.database.as_ref().map(|database| database.readmodel_schema.as_str()),
             "redis_url": self.redis.as_ref().map(|redis| cairn_projection::redact_redis_url(&redis.url)),
         })
     }
@@ -827,6 +848,44 @@ mod tests {
             error.contains("--advertise-url (or CAIRN_ADVERTISE_URL)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_readmodel_schema_is_checked_and_reaches_the_database_settings() {
+        let file = RawSettings::parse(
+            "database_url = \"postgres://db/cairn\"\nreadmodel_schema = \"tenant_two\"",
+        )
+        .unwrap();
+        let settings = Settings::merge(&RawSettings::default(), &file, None).unwrap();
+        assert_eq!(settings.database.unwrap().readmodel_schema, "tenant_two");
+        let defaults = RawSettings::parse("database_url = \"postgres://db/cairn\"").unwrap();
+        let settings = Settings::merge(&RawSettings::default(), &defaults, None).unwrap();
+        assert_eq!(
+            settings.database.unwrap().readmodel_schema,
+            cairn_projection::DEFAULT_READ_MODEL_SCHEMA
+        );
+        let bad = Settings::merge(
+            &RawSettings {
+                readmodel_schema: Some("Tenant-Two".into()),
+                ..RawSettings::default()
+            },
+            &file,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("--readmodel-schema (or CAIRN_READMODEL_SCHEMA)"),
+            "{bad}"
+        );
+        let embedded = Settings::merge(
+            &RawSettings::default(),
+            &RawSettings::parse("readmodel_schema = \"tenant_two\"").unwrap(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(embedded.contains("--database-url"), "{embedded}");
     }
 
     #[test]

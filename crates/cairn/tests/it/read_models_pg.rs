@@ -139,3 +139,66 @@ fn the_owner_is_killed_and_another_instance_takes_over_exactly_right() {
         "{logs:#?}"
     );
 }
+
+#[test]
+fn read_models_live_in_the_schema_the_settings_name() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(TestDatabase { primary_url, .. }) = runtime.block_on(shared_database()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(&config, LEDGER).unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--database-url",
+            &primary_url,
+            "--readmodel-schema",
+            "tenant_two",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let client = Client::new(&server.url).unwrap();
+    runtime
+        .block_on(client.append(
+            "clock-1",
+            ExpectedVersion::Any,
+            vec![event("Tick", json!({}))],
+        ))
+        .unwrap();
+    wait_for("the projection at 1", Duration::from_secs(20), || {
+        ledger(&server)["position"] == json!(1)
+    });
+    runtime.block_on(async {
+        let (sql, connection) = tokio_postgres::connect(&primary_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let count = |query: &'static str| {
+            let sql = &sql;
+            async move {
+                let row = sql.query_one(query, &[]).await.unwrap();
+                row.get::<_, i64>(0)
+            }
+        };
+        assert_eq!(count("SELECT count(*) FROM tenant_two.applied").await, 1);
+        assert_eq!(
+            count("SELECT position FROM tenant_two.cairn_projections WHERE name = 'ledger'").await,
+            1
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'cairn_readmodels'"
+            )
+            .await,
+            0,
+            "nothing in the default schema"
+        );
+    });
+}
