@@ -319,6 +319,16 @@ fn simple<'a>(
     Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) })
 }
 
+/// The lookups below read through their unique indexes whatever their values, so each
+/// keeps one generic plan instead of being planned for every batch; made with sequential
+/// scans off, that plan is an index scan even when it is first made on an empty table.
+const BEGIN_WITH_INDEX_PLANS: &str =
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+/// After the lookups, when the batch has append conditions: their queries are planned
+/// for their values. (Without any, the settings above last into the writing round trip,
+/// whose statements read no table but through an index either way.)
+const VALUE_PLANS: &str =
+    "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = on";
 const LOCK_HEAD: &str = "SELECT position, recorded_at FROM cairn_head WHERE id = 1 FOR UPDATE";
 const LOOKUP_STREAMS: &str =
     "SELECT name, version, position, created_at, deleted FROM streams WHERE name = ANY($1)";
@@ -348,10 +358,10 @@ const WRITE_STREAMS_AND_EVENTS: &str = "WITH s AS (
           AS u(position, id, stream, version, type, category, data, metadata, tags)
      LEFT JOIN s ON s.name = u.stream";
 /// Sent first in the writing round trip. Every connection plans each statement for its
-/// values (`plan_cache_mode = force_custom_plan`, see `pool.rs`), which the lookups need;
-/// the writes below need no table scan whatever their values, so they reuse one
-/// generic plan each instead of being planned again for every batch (planning was a
-/// quarter of the database's work per batch).
+/// values (`plan_cache_mode = force_custom_plan`, see `pool.rs`); the writes below need
+/// no table scan whatever their values, so they reuse one generic plan each instead of
+/// being planned again for every batch (planning was a quarter of the database's work
+/// per batch).
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
@@ -405,10 +415,10 @@ async fn run_transaction(
     let phase_started = Instant::now();
     let now = now_micros();
     let window_start = now.saturating_sub(idempotency_window);
-    // Each statement here is planned for its values (see `pool.rs`), so a lookup with
-    // nothing to look up is not sent at all.
+    // The lookups use generic plans made with sequential scans off (`BEGIN_WITH_INDEX_PLANS`);
+    // a lookup with nothing to look up is not sent at all.
     let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = vec![
-        simple(client, "BEGIN"),
+        simple(client, BEGIN_WITH_INDEX_PLANS),
         query(client, &lock_head, sql_params![]),
         query(client, &lookup_streams, sql_params![&names]),
     ];
@@ -420,6 +430,9 @@ async fn run_transaction(
         ));
     }
     round.push(query(client, &lookup_ids, sql_params![&ids]));
+    if !conditions.is_empty() {
+        round.push(simple(client, VALUE_PLANS));
+    }
     for ((_, _, params), statement) in conditions.iter().zip(&condition_statements) {
         round.push(query(client, statement, params.refs()));
     }
@@ -440,6 +453,9 @@ async fn run_transaction(
     let stream_rows = next()?;
     let key_rows = if keys.is_empty() { Vec::new() } else { next()? };
     let id_rows = next()?;
+    if !conditions.is_empty() {
+        next()?; // VALUE_PLANS
+    }
     let mut condition_rows = HashMap::new();
     for (index, _, _) in &conditions {
         condition_rows.insert(*index, next()?);
