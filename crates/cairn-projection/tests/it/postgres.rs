@@ -406,7 +406,7 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
     // wait at random; reading only once a second, four rounds under 400 ms each would
     // be luck (about 1 in 40).
     let mut position = 40;
-    for round in 0..4 {
+    let mut heard_within = async |round: &str| {
         append_events(&store, "clock-a", ticks(1)).await;
         position += 1;
         first
@@ -421,10 +421,52 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
         let heard = committed.elapsed();
         assert!(
             heard < Duration::from_millis(400),
-            "round {round}: the follower took {heard:?} to learn position {position}"
+            "{round}: the follower took {heard:?} to learn position {position}"
         );
         tokio::time::sleep(Duration::from_millis(137)).await;
+    };
+    for round in 0..4 {
+        heard_within(&format!("round {round}")).await;
     }
+
+    // The LISTEN connections are cut: each instance opens a new one by itself, and
+    // the follower hears of moves at once again.
+    let admin = sql(&database.primary_url).await;
+    let listeners = "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query = 'LISTEN cairn_projections'";
+    let cut: Vec<i32> = admin
+        .query(listeners, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(cut.len(), 2, "one LISTEN connection per instance: {cut:?}");
+    for pid in &cut {
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[pid])
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Vec<i32> = admin
+            .query(listeners, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if now.len() == 2 && now.iter().all(|pid| !cut.contains(pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LISTEN connections did not come back: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    heard_within("after reconnecting").await;
 
     // The owner stops; events keep coming; the follower takes over within seconds.
     let stopped = Instant::now();
@@ -454,16 +496,16 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
     );
     writer.await.unwrap();
     let status = second
-        .wait_for_projection("ledger", 144, PATIENCE)
+        .wait_for_projection("ledger", 145, PATIENCE)
         .await
         .unwrap();
     assert_eq!(
         (status.state, status.position),
-        (ProjectionState::Running, 144)
+        (ProjectionState::Running, 145)
     );
     second.shutdown().await;
     let client = sql(&database.primary_url).await;
-    assert_eq!(assert_ledger_consistent(&client).await, 144);
+    assert_eq!(assert_ledger_consistent(&client).await, 145);
 }
 
 const ORDERS_PLANNED: &str = r#"
