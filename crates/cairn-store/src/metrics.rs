@@ -11,7 +11,18 @@ pub const COMMIT_DURATION_SECONDS: &str = "cairn_commit_duration_seconds";
 /// for other instances' batches, and the lookups), `decide` (checking the requests in
 /// memory) and `write_and_commit` (the second round trip, `COMMIT` and its WAL flush
 /// included). The head lock is held from the first phase's lock to the end of the last.
+/// A batch committed on the cached path has no `lock_and_read`: it is decided from
+/// memory and its one round trip (`write_and_commit`) takes the lock.
 pub const COMMIT_PHASE_SECONDS: &str = "cairn_commit_phase_duration_seconds";
+/// PostgreSQL group commits by `path`: `looked_up` (lock, look up, then write) or
+/// `cached` (decided from what the writer remembers, one round trip), counter.
+pub const GROUP_COMMITS: &str = "cairn_group_commits_total";
+/// Batches that tried the cached path and were looked up instead, by `reason`:
+/// `written_elsewhere` (another transaction wrote since this writer's last commit) or
+/// `assumed_absent` (a stream, idempotency key or event id the batch took for new was
+/// stored already) or `refusal` (a request would be refused, which only a lookup can
+/// confirm; nothing was sent), counter.
+pub const CACHED_COMMIT_MISSES: &str = "cairn_cached_commit_misses_total";
 /// The last committed position, gauge.
 pub const HEAD_POSITION: &str = "cairn_head_position";
 

@@ -9,6 +9,7 @@ use cairn_core::{ExpectedVersion, Position, RecordedEvent, StreamName, Version};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::known::Cached;
 use super::read::from_db;
 use crate::{AppendOutcome, AppendRequest, AppendResult, StoreError, StreamAppendResult};
 
@@ -21,6 +22,28 @@ pub(super) struct StreamState {
     pub(super) deleted: bool,
     /// Changed by this batch: to be written.
     pub(super) dirty: bool,
+    /// The stream has a row from before the batch (looked up or remembered); one
+    /// created by the batch is inserted, and the insert fails if the row exists after
+    /// all.
+    pub(super) existed: bool,
+}
+
+impl StreamState {
+    pub(super) fn existing(
+        version: Version,
+        position: Position,
+        created_at: i64,
+        deleted: bool,
+    ) -> Self {
+        Self {
+            version: Some(version),
+            position,
+            created_at,
+            deleted,
+            dirty: false,
+            existed: true,
+        }
+    }
 }
 
 /// Where an existing event id stands.
@@ -37,8 +60,10 @@ pub(super) struct NewKey {
     pub(super) response: String,
 }
 
-/// What the first round trip found.
+/// What the first round trip found (or, on the cached path, what the writer remembers).
 pub(super) struct Lookups {
+    /// The head row's revision (see `known.rs`).
+    pub(super) revision: i64,
     head: Position,
     pub(super) recorded_at: i64,
     streams: HashMap<String, StreamState>,
@@ -66,6 +91,7 @@ impl Lookups {
         let mut lookups = Lookups {
             head: from_db(head_row.try_get(0).map_err(corrupt)?),
             recorded_at: head_row.try_get(1).map_err(corrupt)?,
+            revision: head_row.try_get(2).map_err(corrupt)?,
             streams: HashMap::with_capacity(streams.len()),
             keys: HashMap::with_capacity(keys.len()),
             ids: HashMap::with_capacity(ids.len()),
@@ -74,13 +100,12 @@ impl Lookups {
         for row in streams {
             lookups.streams.insert(
                 row.try_get(0).map_err(corrupt)?,
-                StreamState {
-                    version: Some(from_db(row.try_get(1).map_err(corrupt)?)),
-                    position: from_db(row.try_get(2).map_err(corrupt)?),
-                    created_at: row.try_get(3).map_err(corrupt)?,
-                    deleted: row.try_get(4).map_err(corrupt)?,
-                    dirty: false,
-                },
+                StreamState::existing(
+                    from_db(row.try_get(1).map_err(corrupt)?),
+                    from_db(row.try_get(2).map_err(corrupt)?),
+                    row.try_get(3).map_err(corrupt)?,
+                    row.try_get(4).map_err(corrupt)?,
+                ),
             );
         }
         for row in keys {
@@ -110,6 +135,20 @@ impl Lookups {
             }
         }
         Ok(lookups)
+    }
+
+    /// The starting point of a batch on the cached path: the remembered streams, and
+    /// no stored idempotency keys, event ids or conditions (assumed absent).
+    pub(super) fn from_cached(cached: Cached) -> Self {
+        Lookups {
+            revision: cached.revision,
+            head: cached.head,
+            recorded_at: cached.recorded_at,
+            streams: cached.streams,
+            keys: HashMap::new(),
+            ids: HashMap::new(),
+            conditions: HashMap::new(),
+        }
     }
 }
 
@@ -299,6 +338,7 @@ impl BatchState {
                     created_at: self.recorded_at,
                     deleted: false,
                     dirty: true,
+                    existed: false,
                 });
             stream.version = Some(result.last_version);
             stream.position = result.last_position;

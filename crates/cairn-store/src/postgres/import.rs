@@ -38,8 +38,7 @@ const WRITE_EVENTS: &str = "INSERT INTO events (position, id, stream_id, version
           AS u(position, id, stream, version, type, category, data, metadata, tags, recorded_at)";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
-const WRITE_HEAD: &str =
-    "UPDATE cairn_head SET position = $1, recorded_at = GREATEST(recorded_at, $2) WHERE id = 1";
+const WRITE_HEAD: &str = "UPDATE cairn_head SET position = $1, recorded_at = GREATEST(recorded_at, $2), revision = revision + 1 WHERE id = 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const LIST_TOMBSTONES: &str = "SELECT name, version, updated_at FROM streams
      WHERE deleted AND name > $1 ORDER BY name LIMIT $2";

@@ -65,6 +65,7 @@
 mod batch;
 mod groups;
 mod import;
+mod known;
 mod leases;
 mod live;
 mod pool;

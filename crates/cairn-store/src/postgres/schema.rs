@@ -19,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_group_owners",
         include_str!("../../migrations/postgres/0003_group_owners.sql"),
     ),
+    (
+        "0004_head_revision",
+        include_str!("../../migrations/postgres/0004_head_revision.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

@@ -42,10 +42,12 @@ use cairn_core::{
 use deadpool_postgres::{Client, Object, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::batch::{BatchState, Lookups};
+use super::known::{Cached, KnownLog};
 use super::live::{CHANNEL, LIVE_BATCH_MAX, Publisher};
 use super::read::{SqlParams, filter_sql, to_db};
 use super::schema::{is_transient, pg_error, pool_error};
@@ -115,6 +117,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let max = self.max_batch_requests.max(1);
+        let mut known = KnownLog::default();
         while let Some(first) = commands.recv().await {
             let mut events = first.events();
             let mut batch = Vec::with_capacity(max.min(64));
@@ -128,16 +131,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch).await;
+            self.commit(batch, &mut known).await;
         }
         tracing::debug!("PostgreSQL writer stopped: no more senders");
     }
 
     /// Commits a batch and answers every request in it.
-    async fn commit(&self, batch: Vec<Command>) {
+    async fn commit(&self, batch: Vec<Command>, known: &mut KnownLog) {
         let started = Instant::now();
         let requests = batch.len();
-        let outcome = self.try_commit(&batch).await;
+        let outcome = self.try_commit(&batch, known).await;
         metrics::histogram!(m::GROUP_COMMIT_BATCH_SIZE).record(requests as f64);
         metrics::histogram!(m::COMMIT_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
@@ -145,7 +148,7 @@ impl Writer {
             Err((BatchFailure::Statement(error), _)) if requests > 1 => {
                 tracing::warn!(%error, requests, "a batch failed; committing its requests one by one");
                 for command in batch {
-                    Box::pin(self.commit(vec![command])).await;
+                    Box::pin(self.commit(vec![command], known)).await;
                 }
             }
             Err((failure, decisions)) => {
@@ -187,6 +190,7 @@ impl Writer {
     async fn try_commit(
         &self,
         batch: &[Command],
+        known: &mut KnownLog,
     ) -> Result<Vec<Decision>, (BatchFailure, Option<Vec<Decision>>)> {
         let window = i64::try_from(self.idempotency_window.as_micros()).unwrap_or(i64::MAX);
         let mut retried = false;
@@ -208,7 +212,7 @@ impl Writer {
                 };
             let transaction = tokio::time::timeout(
                 self.write_timeout,
-                run_transaction(&connection, batch, window),
+                run_transaction(&connection, batch, window, known),
             )
             .await;
             match transaction {
@@ -329,7 +333,11 @@ const BEGIN_WITH_INDEX_PLANS: &str =
 /// whose statements read no table but through an index either way.)
 const VALUE_PLANS: &str =
     "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = on";
-const LOCK_HEAD: &str = "SELECT position, recorded_at FROM cairn_head WHERE id = 1 FOR UPDATE";
+const LOCK_HEAD: &str =
+    "SELECT position, recorded_at, revision FROM cairn_head WHERE id = 1 FOR UPDATE";
+/// The cached path's head lock: fails the transaction (SQLSTATE `CRN01`) unless the
+/// head is at the given revision (migration 4).
+const LOCK_HEAD_AT: &str = "SELECT cairn_lock_head_at($1)";
 const LOOKUP_STREAMS: &str =
     "SELECT name, version, position, created_at, deleted FROM streams WHERE name = ANY($1)";
 const LOOKUP_KEYS: &str = "SELECT key, fingerprint, response FROM idempotency_keys
@@ -337,11 +345,18 @@ const LOOKUP_KEYS: &str = "SELECT key, fingerprint, response FROM idempotency_ke
 const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
      FROM events e JOIN streams s ON s.stream_id = e.stream_id WHERE e.id = ANY($1)";
 /// The streams' new state and the batch's events in one statement: the events take
-/// their `stream_id` from the rows the upsert returns. A stream row missing for an event
-/// leaves its `stream_id` NULL, which fails the whole transaction (never a lost event).
-/// Nothing in it reads a table except through the upsert's unique index, so its generic
-/// plan is as good on a log of billions as on an empty one (see `GENERIC_PLANS`).
-const WRITE_STREAMS_AND_EVENTS: &str = "WITH s AS (
+/// their `stream_id` from the rows the stream writes return. Streams the batch creates
+/// are inserted (so the statement fails if such a row exists after all); the others
+/// are upserted. A stream row missing for an event leaves its `stream_id` NULL, which
+/// fails the whole transaction (never a lost event). Nothing in it reads a table except
+/// through the streams' unique index, so its generic plan is as good on a log of
+/// billions as on an empty one (see `GENERIC_PLANS`).
+const WRITE_STREAMS_AND_EVENTS: &str = "WITH created AS (
+       INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
+       SELECT u.name, u.version, u.position, $5, $5, false
+       FROM UNNEST($16::text[], $17::int8[], $18::int8[]) AS u(name, version, position)
+       RETURNING name, stream_id
+     ), changed AS (
        INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
        SELECT u.name, u.version, u.position, u.created_at, $5, u.deleted
        FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::bool[])
@@ -349,6 +364,8 @@ const WRITE_STREAMS_AND_EVENTS: &str = "WITH s AS (
        ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
           updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted
        RETURNING name, stream_id
+     ), s AS (
+       SELECT name, stream_id FROM created UNION ALL SELECT name, stream_id FROM changed
      )
      INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
      SELECT u.position, u.id, s.stream_id, u.version, u.type, u.category, u.data, u.metadata,
@@ -363,6 +380,8 @@ const WRITE_STREAMS_AND_EVENTS: &str = "WITH s AS (
 /// being planned again for every batch (planning was a quarter of the database's work
 /// per batch).
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+/// The cached path's opening: its statements are the writing round trip's.
+const BEGIN_WITH_GENERIC_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
 const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
@@ -370,15 +389,148 @@ const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, respon
           AS u(key, fingerprint, response)
      ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
         response = EXCLUDED.response, created_at = EXCLUDED.created_at";
-const WRITE_HEAD: &str = "UPDATE cairn_head SET position = $1, recorded_at = $2 WHERE id = 1";
+/// The cached path's keys, assumed new: a key stored already (even one past the
+/// window, which the looked-up path replaces) fails the transaction.
+const INSERT_NEW_KEYS: &str =
+    "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
+     SELECT u.key, u.fingerprint, u.response, $4 FROM UNNEST($1::text[], $2::bytea[], $3::text[])
+          AS u(key, fingerprint, response)";
+/// Every writing transaction moves the revision (see `known.rs`).
+const WRITE_HEAD: &str =
+    "UPDATE cairn_head SET position = $1, recorded_at = $2, revision = revision + 1 WHERE id = 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-/// One transaction for the whole batch; see the module documentation.
+/// One transaction for the whole batch; see the module documentation. A batch the
+/// writer can decide from memory tries the cached path first.
 async fn run_transaction(
     client: &Client,
     batch: &[Command],
     idempotency_window: i64,
+    known: &mut KnownLog,
 ) -> Result<Committed, (BatchFailure, Option<Vec<Decision>>)> {
+    let fail = |error| (failure(error), None);
+    let writes = WriteStatements::prepare(client).await.map_err(fail)?;
+    if let Some(cached) = known.cached(batch) {
+        match commit_cached(client, &writes, batch, cached).await {
+            Ok((committed, revision, state)) => {
+                known.committed(revision, &state);
+                metrics::counter!(m::GROUP_COMMITS, "path" => "cached").increment(1);
+                return Ok(committed);
+            }
+            Err(CachedMiss::WrittenElsewhere) => {
+                known.moved();
+                metrics::counter!(m::CACHED_COMMIT_MISSES, "reason" => "written_elsewhere")
+                    .increment(1);
+            }
+            Err(CachedMiss::AssumedAbsent) => {
+                metrics::counter!(m::CACHED_COMMIT_MISSES, "reason" => "assumed_absent")
+                    .increment(1);
+            }
+            Err(CachedMiss::Refusal) => {
+                metrics::counter!(m::CACHED_COMMIT_MISSES, "reason" => "refusal").increment(1);
+            }
+            Err(CachedMiss::Failed(error)) => {
+                known.forget();
+                return Err((error, None));
+            }
+        }
+    }
+    match look_up_and_commit(client, &writes, batch, idempotency_window, known).await {
+        Ok((committed, revision, state)) => {
+            known.committed(revision, &state);
+            metrics::counter!(m::GROUP_COMMITS, "path" => "looked_up").increment(1);
+            Ok(committed)
+        }
+        Err(failed) => {
+            known.forget();
+            Err(failed)
+        }
+    }
+}
+
+/// Why the cached path did not commit.
+enum CachedMiss {
+    /// Another transaction wrote since this writer's last commit.
+    WrittenElsewhere,
+    /// Something assumed absent (a stream, a key, an event id) was there after all.
+    AssumedAbsent,
+    /// A request would be refused: refusals are confirmed by a lookup (nothing was sent).
+    Refusal,
+    /// The transaction failed for another reason.
+    Failed(BatchFailure),
+}
+
+/// The SQLSTATE `cairn_lock_head_at` fails with when the head's revision moved.
+const REVISION_MOVED: &str = "CRN01";
+
+/// The cached path: the batch decided from what the writer remembers, then one round
+/// trip that takes the head lock on condition that nothing else was written since this
+/// writer's last commit, writes, and commits. Only a batch whose requests are all
+/// accepted is sent (see `known.rs`); the database refuses the transaction if the
+/// revision moved or something assumed absent is there.
+async fn commit_cached(
+    client: &Client,
+    writes: &WriteStatements,
+    batch: &[Command],
+    cached: Cached,
+) -> Result<(Committed, i64, BatchState), CachedMiss> {
+    let revision = cached.revision;
+    let phase_started = Instant::now();
+    let lookups = Lookups::from_cached(cached);
+    let (decisions, mut state) = decide(batch, lookups);
+    let refused = decisions.iter().any(|decision| match decision {
+        Decision::Append(result) => result.is_err(),
+        Decision::Delete(result) => result.is_err(),
+    });
+    if refused {
+        return Err(CachedMiss::Refusal);
+    }
+    let decided = phase_started.elapsed();
+    let phase_started = Instant::now();
+    match write_and_commit(client, writes, &state, Opening::Cached { revision }).await {
+        Ok(wrote) => {
+            record_phase_elapsed("decide", decided);
+            record_phase("write_and_commit", phase_started);
+            let appended =
+                (state.head > state.head_before).then_some((state.head_before + 1, state.head));
+            let events = std::mem::take(&mut state.events);
+            Ok((
+                Committed {
+                    decisions,
+                    appended,
+                    events,
+                },
+                revision + i64::from(wrote),
+                state,
+            ))
+        }
+        Err(error) => match error.code() {
+            Some(code) if code.code() == REVISION_MOVED => Err(CachedMiss::WrittenElsewhere),
+            Some(code)
+                if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::NOT_NULL_VIOLATION =>
+            {
+                Err(CachedMiss::AssumedAbsent)
+            }
+            // Whether it committed is not known: the batch is looked up again on a new
+            // connection, where its event ids show what stands (a committed request is
+            // then a re-sent one, answered as it was committed).
+            _ if is_transient(&error) => Err(CachedMiss::Failed(BatchFailure::Disconnected(
+                pg_error(error),
+            ))),
+            _ => Err(CachedMiss::Failed(BatchFailure::Statement(pg_error(error)))),
+        },
+    }
+}
+
+/// The looked-up path: lock, look up, decide, write and commit, in two round trips.
+/// Returns the revision the commit left.
+async fn look_up_and_commit(
+    client: &Client,
+    writes: &WriteStatements,
+    batch: &[Command],
+    idempotency_window: i64,
+    known: &mut KnownLog,
+) -> Result<(Committed, i64, BatchState), (BatchFailure, Option<Vec<Decision>>)> {
     let fail = |error| (failure(error), None);
     // What the lookups ask for.
     let mut names: Vec<&str> = Vec::new();
@@ -410,11 +562,9 @@ async fn run_transaction(
     for (_, sql, _) in &conditions {
         condition_statements.push(client.prepare_cached(sql).await.map_err(fail)?);
     }
-    let writes = WriteStatements::prepare(client).await.map_err(fail)?;
 
     let phase_started = Instant::now();
-    let now = now_micros();
-    let window_start = now.saturating_sub(idempotency_window);
+    let window_start = now_micros().saturating_sub(idempotency_window);
     // The lookups use generic plans made with sequential scans off (`BEGIN_WITH_INDEX_PLANS`);
     // a lookup with nothing to look up is not sent at all.
     let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = vec![
@@ -471,8 +621,34 @@ async fn run_transaction(
         &condition_rows,
     )
     .map_err(|error| (BatchFailure::Statement(error), None))?;
+    let revision = lookups.revision;
+    known.looked_up(revision);
+    let (decisions, mut state) = decide(batch, lookups);
+    record_phase("decide", phase_started);
+
+    let phase_started = Instant::now();
+    let wrote = match write_and_commit(client, writes, &state, Opening::Locked).await {
+        Ok(wrote) => wrote,
+        Err(error) => return Err((failure_at_commit(error), Some(decisions))),
+    };
+    record_phase("write_and_commit", phase_started);
+    let appended = (state.head > state.head_before).then_some((state.head_before + 1, state.head));
+    let events = std::mem::take(&mut state.events);
+    Ok((
+        Committed {
+            decisions,
+            appended,
+            events,
+        },
+        revision + i64::from(wrote),
+        state,
+    ))
+}
+
+/// Decides the batch's requests in order, against what was looked up (or remembered).
+fn decide(batch: &[Command], lookups: Lookups) -> (Vec<Decision>, BatchState) {
     // recorded_at never goes backwards along the log, whatever the instances' clocks.
-    let recorded_at = now.max(lookups.recorded_at);
+    let recorded_at = now_micros().max(lookups.recorded_at);
     let mut state = BatchState::new(lookups, recorded_at);
     let decisions: Vec<Decision> = batch
         .iter()
@@ -485,26 +661,16 @@ async fn run_transaction(
         })
         .collect();
     debug_assert_eq!(decisions.len(), batch.len());
-    record_phase("decide", phase_started);
-
-    let phase_started = Instant::now();
-    match write_and_commit(client, &writes, &state).await {
-        Ok(()) => {}
-        Err(error) => return Err((failure_at_commit(error), Some(decisions))),
-    }
-    record_phase("write_and_commit", phase_started);
-    let appended = (state.head > state.head_before).then_some((state.head_before + 1, state.head));
-    Ok(Committed {
-        decisions,
-        appended,
-        events: state.events,
-    })
+    (decisions, state)
 }
 
 /// Records how long one phase of a group commit took (see `COMMIT_PHASE_SECONDS`).
 fn record_phase(phase: &'static str, started: Instant) {
-    metrics::histogram!(m::COMMIT_PHASE_SECONDS, "phase" => phase)
-        .record(started.elapsed().as_secs_f64());
+    record_phase_elapsed(phase, started.elapsed());
+}
+
+fn record_phase_elapsed(phase: &'static str, elapsed: Duration) {
+    metrics::histogram!(m::COMMIT_PHASE_SECONDS, "phase" => phase).record(elapsed.as_secs_f64());
 }
 
 /// A failure in the writing round trip: a closed connection there may have happened
@@ -519,36 +685,62 @@ fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
     }
 }
 
-/// The second round trip: every write of the batch, the head, the notification and the
-/// commit. `COMMIT` of a transaction that a failed statement aborted answers as a
-/// rollback, without an error, so every statement's result is checked. (An event whose
-/// stream row is missing would get a NULL `stream_id` and fail the whole transaction.)
+/// How the writing round trip begins.
+enum Opening {
+    /// Inside the looked-up path's transaction, which holds the head lock.
+    Locked,
+    /// The cached path: `BEGIN` and the head lock on condition that the head is at
+    /// this revision. Streams, keys and event ids it assumed absent are inserted so
+    /// that the transaction fails if they are there after all.
+    Cached { revision: i64 },
+}
+
+/// The writing round trip: every write of the batch, the head, the notification and
+/// the commit. `COMMIT` of a transaction that a failed statement aborted answers as a
+/// rollback, without an error, so every statement's result is checked, and the first
+/// error is returned. (An event whose stream row is missing would get a NULL
+/// `stream_id` and fail the whole transaction.) Returns whether anything was written,
+/// which moved the head's revision.
 async fn write_and_commit(
     client: &Client,
     statements: &WriteStatements,
     state: &BatchState,
-) -> Result<(), tokio_postgres::Error> {
+    opening: Opening,
+) -> Result<bool, tokio_postgres::Error> {
     let WriteStatements {
         write_streams_and_events,
         write_tags,
         write_keys,
+        insert_new_keys,
         write_head,
         notify,
+        lock_head_at,
     } = statements;
 
-    // Streams: their state at the end of the batch.
+    // Streams: their state at the end of the batch; new ones apart.
     let mut names = Vec::new();
     let mut versions = Vec::new();
     let mut positions = Vec::new();
     let mut created = Vec::new();
     let mut deleted = Vec::new();
+    let mut new_names = Vec::new();
+    let mut new_versions = Vec::new();
+    let mut new_positions = Vec::new();
     for (name, stream) in &state.streams {
-        if let (true, Some(version)) = (stream.dirty, stream.version) {
-            names.push(name.as_str());
-            versions.push(to_db(version));
-            positions.push(to_db(stream.position));
-            created.push(stream.created_at);
-            deleted.push(stream.deleted);
+        match (stream.dirty, stream.version, stream.existed) {
+            (true, Some(version), true) => {
+                names.push(name.as_str());
+                versions.push(to_db(version));
+                positions.push(to_db(stream.position));
+                created.push(stream.created_at);
+                deleted.push(stream.deleted);
+            }
+            (true, Some(version), false) => {
+                new_names.push(name.as_str());
+                new_versions.push(to_db(version));
+                new_positions.push(to_db(stream.position));
+            }
+            _ => {}
         }
     }
     let events = EventColumns::new(&state.events);
@@ -558,10 +750,21 @@ async fn write_and_commit(
     let head = to_db(state.head);
     let head_text = state.head.to_string();
     let recorded_at = state.recorded_at;
+    let wrote = !names.is_empty() || !new_names.is_empty() || !key_names.is_empty();
 
-    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
-        vec![simple(client, GENERIC_PLANS)];
-    if !names.is_empty() {
+    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
+    let keys_statement = match &opening {
+        Opening::Locked => {
+            round.push(simple(client, GENERIC_PLANS));
+            write_keys
+        }
+        Opening::Cached { revision } => {
+            round.push(simple(client, BEGIN_WITH_GENERIC_PLANS));
+            round.push(query(client, lock_head_at, sql_params![revision]));
+            insert_new_keys
+        }
+    };
+    if !names.is_empty() || !new_names.is_empty() {
         round.push(query(
             client,
             write_streams_and_events,
@@ -575,6 +778,7 @@ async fn write_and_commit(
                     &deleted
                 ],
                 events.row_params().to_vec(),
+                sql_params![&new_names, &new_versions, &new_positions],
             ]
             .concat(),
         ));
@@ -589,19 +793,21 @@ async fn write_and_commit(
     if !key_names.is_empty() {
         round.push(query(
             client,
-            write_keys,
+            keys_statement,
             sql_params![&key_names, &key_fingerprints, &key_responses, &recorded_at],
         ));
     }
-    if state.head > state.head_before {
+    if wrote {
         round.push(query(client, write_head, sql_params![&head, &recorded_at]));
+    }
+    if state.head > state.head_before {
         round.push(query(client, notify, sql_params![&CHANNEL, &head_text]));
     }
     round.push(simple(client, "COMMIT"));
     for result in pipeline(round).await {
         result?;
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// Events as the column arrays the bulk `UNNEST` inserts take (the writer's and the
@@ -688,8 +894,10 @@ struct WriteStatements {
     write_streams_and_events: tokio_postgres::Statement,
     write_tags: tokio_postgres::Statement,
     write_keys: tokio_postgres::Statement,
+    insert_new_keys: tokio_postgres::Statement,
     write_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
+    lock_head_at: tokio_postgres::Statement,
 }
 
 impl WriteStatements {
@@ -698,8 +906,10 @@ impl WriteStatements {
             write_streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
             write_tags: client.prepare_cached(WRITE_TAGS).await?,
             write_keys: client.prepare_cached(WRITE_KEYS).await?,
+            insert_new_keys: client.prepare_cached(INSERT_NEW_KEYS).await?,
             write_head: client.prepare_cached(WRITE_HEAD).await?,
             notify: client.prepare_cached(NOTIFY).await?,
+            lock_head_at: client.prepare_cached(LOCK_HEAD_AT).await?,
         })
     }
 }

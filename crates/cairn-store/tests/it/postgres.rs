@@ -93,7 +93,8 @@ async fn instances_starting_together_migrate_once() {
         [
             (1, "0001_init".to_owned()),
             (2, "0002_consumer_groups".to_owned()),
-            (3, "0003_group_owners".to_owned())
+            (3, "0003_group_owners".to_owned()),
+            (4, "0004_head_revision".to_owned()),
         ]
     );
     assert_eq!(applied.len(), SCHEMA_VERSION);
@@ -457,4 +458,132 @@ async fn the_database_size_and_the_wait_for_a_connection_are_measured() {
         .find_map(|line| line.strip_prefix(r#"cairn_pool_wait_seconds_count{pool="primary"} "#))
         .and_then(|count| count.parse::<f64>().ok());
     assert!(waits.is_some_and(|count| count >= 2.0), "{text}");
+}
+
+/// A writer decides from what it remembers only while nothing else writes: another
+/// instance's appends and deletes are seen, and a stream, key or event id it never saw
+/// is looked up when its insert finds it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_decides_from_memory_only_what_it_can_know() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let a = PostgresStore::connect(options(&database)).await.unwrap();
+    let b = PostgresStore::connect(options(&database)).await.unwrap();
+    let append = |expected, name: &str| {
+        AppendRequest::single(stream(name), expected, vec![event("E", "{}")])
+    };
+    let version = |outcome: Result<AppendOutcome, StoreError>| match outcome {
+        Ok(AppendOutcome::Committed(result)) => result.streams[0].last_version,
+        other => panic!("not committed: {other:?}"),
+    };
+
+    // Enough one-request batches on `a` alone that it decides from memory.
+    for v in 0..4 {
+        let expected = if v == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(v - 1)
+        };
+        assert_eq!(version(a.append(append(expected, "s")).await), v);
+    }
+    // Another instance appends: `a` must see version 4, not what it remembers.
+    assert_eq!(
+        version(b.append(append(ExpectedVersion::Exact(3), "s")).await),
+        4
+    );
+    assert!(matches!(
+        a.append(append(ExpectedVersion::Exact(3), "s")).await,
+        Err(StoreError::WrongExpectedVersion {
+            actual: Some(4),
+            ..
+        })
+    ));
+    assert_eq!(
+        version(a.append(append(ExpectedVersion::Exact(4), "s")).await),
+        5
+    );
+    assert_eq!(
+        version(a.append(append(ExpectedVersion::Exact(5), "s")).await),
+        6
+    );
+    // A delete moves no position, but `a` sees it too.
+    b.delete_stream(&stream("s"), ExpectedVersion::Exact(6))
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.append(append(ExpectedVersion::Any, "s")).await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+
+    // A writer that starts later never saw "old".
+    assert_eq!(
+        version(b.append(append(ExpectedVersion::Any, "old")).await),
+        0
+    );
+    let c = PostgresStore::connect(options(&database)).await.unwrap();
+    for v in 0..3 {
+        assert_eq!(
+            version(c.append(append(ExpectedVersion::Any, "new")).await),
+            v
+        );
+    }
+    // Taken for new, found stored: looked up and decided on what is stored.
+    assert!(matches!(
+        c.append(append(ExpectedVersion::NoStream, "old")).await,
+        Err(StoreError::WrongExpectedVersion {
+            actual: Some(0),
+            ..
+        })
+    ));
+    assert_eq!(
+        version(c.append(append(ExpectedVersion::Any, "old")).await),
+        1
+    );
+    assert_eq!(
+        version(c.append(append(ExpectedVersion::Any, "new")).await),
+        3
+    );
+    // An idempotency key and an event id it wrote itself but does not remember.
+    let keyed = AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: "remembered-nowhere".into(),
+            fingerprint: [3; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..append(ExpectedVersion::Any, "new")
+    };
+    let AppendOutcome::Committed(first) = c.append(keyed.clone()).await.unwrap() else {
+        panic!("the keyed append was replayed the first time");
+    };
+    assert_eq!(
+        c.append(keyed).await.unwrap(),
+        AppendOutcome::Replayed {
+            body: format!("{{\"p\":{}}}", first.first_position)
+        }
+    );
+    let resent = append(ExpectedVersion::Any, "new");
+    let AppendOutcome::Committed(original) = c.append(resent.clone()).await.unwrap() else {
+        panic!("replayed");
+    };
+    assert_eq!(
+        c.append(resent).await.unwrap(),
+        AppendOutcome::Committed(original)
+    );
+
+    // Nothing was written twice, and the log has no gap.
+    let client = sql(&database.primary_url).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), min(position), max(position), (SELECT revision FROM cairn_head)
+             FROM events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (count, min, max, revision): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((count, min, max), (15, 1, 15));
+    // Every writing transaction moved the revision: 15 appends and a delete.
+    assert_eq!(revision, 16);
 }

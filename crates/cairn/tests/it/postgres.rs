@@ -136,7 +136,32 @@ fn two_instances_on_one_database_share_one_gapless_log() {
     let tail = ok(run(&["read", "late-1", "--url", &b.url]));
     assert!(tail.contains("\"Late\""), "{tail}");
 
-    // Each group commit timed its three phases, once per transaction.
+    // Appends through A alone soon commit in one round trip, from what A remembers;
+    // one through B in between is seen (A's next batch is looked up again).
+    runtime.block_on(async {
+        for version in 1..=6u64 {
+            let client = if version == 4 { &client_b } else { &client_a };
+            // Right after B's append, A would refuse an expected version from memory
+            // (and look it up); with none, A tries to commit from memory and is stopped.
+            let expected = if version == 5 {
+                ExpectedVersion::Any
+            } else {
+                ExpectedVersion::Exact(version - 1)
+            };
+            let written = client
+                .append(
+                    "late-1",
+                    expected,
+                    vec![event("Late", json!({ "version": version }))],
+                )
+                .await
+                .unwrap_or_else(|error| panic!("append {version}: {error}"));
+            assert_eq!(written.last_version, version);
+        }
+    });
+
+    // Each group commit timed its phases, once per transaction; a cached one has no
+    // lookup phase.
     let (status, metrics) = http_get(a.address(), "/metrics").unwrap();
     assert_eq!(status, 200);
     let count = |series: &str| -> u64 {
@@ -147,13 +172,21 @@ fn two_instances_on_one_database_share_one_gapless_log() {
             .unwrap_or_else(|| panic!("no {series} in {metrics}"))
     };
     let commits = count("cairn_commit_duration_seconds_count ");
-    assert!(commits > 0);
-    for phase in ["lock_and_read", "decide", "write_and_commit"] {
+    let looked_up = count("cairn_group_commits_total{path=\"looked_up\"} ");
+    let cached = count("cairn_group_commits_total{path=\"cached\"} ");
+    assert!(cached >= 2, "{cached} cached commits");
+    assert_eq!(looked_up + cached, commits);
+    assert!(count("cairn_cached_commit_misses_total{reason=\"written_elsewhere\"} ") >= 1);
+    for (phase, expected) in [
+        ("lock_and_read", looked_up),
+        ("decide", commits),
+        ("write_and_commit", commits),
+    ] {
         assert_eq!(
             count(&format!(
                 "cairn_commit_phase_duration_seconds_count{{phase=\"{phase}\"}} "
             )),
-            commits,
+            expected,
             "{phase}"
         );
     }
