@@ -23,6 +23,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_head_revision",
         include_str!("../../migrations/postgres/0004_head_revision.sql"),
     ),
+    (
+        "0005_events_stream_check",
+        include_str!("../../migrations/postgres/0005_events_stream_check.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

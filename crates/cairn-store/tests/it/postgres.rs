@@ -95,6 +95,7 @@ async fn instances_starting_together_migrate_once() {
             (2, "0002_consumer_groups".to_owned()),
             (3, "0003_group_owners".to_owned()),
             (4, "0004_head_revision".to_owned()),
+            (5, "0005_events_stream_check".to_owned()),
         ]
     );
     assert_eq!(applied.len(), SCHEMA_VERSION);
@@ -584,6 +585,16 @@ async fn a_writer_decides_from_memory_only_what_it_can_know() {
     let (count, min, max, revision): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((count, min, max), (15, 1, 15));
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events e LEFT JOIN streams s ON s.stream_id = e.stream_id
+             WHERE s.stream_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "every event's stream row exists");
     // Every writing transaction moved the revision: 15 appends and a delete.
     assert_eq!(revision, 16);
 }
