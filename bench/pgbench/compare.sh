@@ -2,6 +2,8 @@
 # Run from the repository root after `cargo build --release -p cairn --bins --examples`.
 # Interleaved: pgbench ceiling vs cairn bench on the system PostgreSQL, 3 rounds,
 # a CHECKPOINT before every measurement so that no run pays for the previous one's WAL.
+# With `wrk` installed (Debian package wrk), each round also drives single appends at
+# 64 connections from it, a load generator that leaves more of the CPU to the server.
 set -u
 B="${CAIRN:-./target/release/cairn}"
 PG=postgres://postgres@127.0.0.1:5432
@@ -21,5 +23,10 @@ for round in 1 2 3; do
   sleep 2
   for c in 1 16 64; do cairn append $c; done
   cairn append-batch 16 --batch-size 100
+  if command -v wrk >/dev/null; then # the same appends from a lean C load generator
+    quiet
+    wrk -t2 -c64 -d10s --latency -s bench/wrk/append-streams.lua http://127.0.0.1:7300 |
+      awk -v r="$round" '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} END {print "wrk r" r " append 64", int(rps), p99}'
+  fi
   kill $pid; wait $pid 2>/dev/null
 done
