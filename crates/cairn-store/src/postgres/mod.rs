@@ -239,7 +239,18 @@ impl PostgresStore {
             max_batch_requests: options.max_batch_requests,
             write_timeout: options.write_timeout,
         };
-        tokio::spawn(writer.run(commands_rx));
+        // The writer runs on a thread of its own, with its connection's driver: each
+        // batch waits on two wake-ups per round trip (the connection's, then the
+        // writer's), and on the shared runtime those queue behind every request's
+        // tasks while the head lock is held.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| StoreError::Internal(format!("the writer's runtime: {error}")))?;
+        std::thread::Builder::new()
+            .name("cairn-pg-writer".into())
+            .spawn(move || runtime.block_on(writer.run(commands_rx)))
+            .map_err(|error| StoreError::Internal(format!("the writer's thread: {error}")))?;
 
         // The LISTEN connection idles outside any transaction, so the server-side
         // timeouts never end it.
