@@ -30,6 +30,9 @@ use super::writer::Command;
 
 /// The most streams remembered; past it, the ones used longest ago are forgotten.
 const MAX_STREAMS: usize = 65_536;
+/// After attempts stopped by other instances' writes, the cached path waits for at most
+/// 2^5 quiet lookups in a row.
+const MAX_BACKOFF: u32 = 5;
 
 #[derive(Default)]
 pub(super) struct KnownLog {
@@ -38,10 +41,14 @@ pub(super) struct KnownLog {
     revision: Option<i64>,
     head: Position,
     recorded_at: i64,
-    /// Whether the last looked-up batch found the revision where this writer's commit
-    /// before it had left it. While other instances write, batches are looked up
+    /// Looked-up batches in a row that found the revision where this writer's commit
+    /// before them had left it. While other instances write, batches are looked up
     /// directly instead of trying the cached path first.
-    quiet: bool,
+    quiet_lookups: u32,
+    /// The cached path is tried again after `2^backoff` quiet lookups in a row: each
+    /// attempt stopped by another instance's write doubles it (up to 2^5), a cached
+    /// commit puts it back to 1.
+    backoff: u32,
     streams: HashMap<String, Remembered>,
     /// Counts the batches, to tell which streams were used longest ago.
     batches: u64,
@@ -67,7 +74,9 @@ impl KnownLog {
     /// The batch's starting point from memory, unless it has an append condition (see
     /// the module documentation) or the writer cannot vouch for what it remembers.
     pub(super) fn cached(&mut self, batch: &[Command]) -> Option<Cached> {
-        let revision = self.revision.filter(|_| self.quiet)?;
+        let revision = self
+            .revision
+            .filter(|_| self.quiet_lookups >= 1 << self.backoff)?;
         self.batches += 1;
         let mut streams = HashMap::new();
         for command in batch {
@@ -105,8 +114,10 @@ impl KnownLog {
     /// writer's last commit left it, another transaction wrote in between and what is
     /// remembered is forgotten.
     pub(super) fn looked_up(&mut self, revision: i64) {
-        self.quiet = self.revision == Some(revision);
-        if !self.quiet {
+        if self.revision == Some(revision) {
+            self.quiet_lookups = self.quiet_lookups.saturating_add(1);
+        } else {
+            self.quiet_lookups = 0;
             self.streams.clear();
         }
         self.revision = Some(revision);
@@ -114,15 +125,21 @@ impl KnownLog {
 
     /// The cached path found the revision moved: another instance writes too.
     pub(super) fn moved(&mut self) {
-        self.quiet = false;
+        self.quiet_lookups = 0;
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
         self.streams.clear();
+    }
+
+    /// A batch committed on the cached path.
+    pub(super) fn cached_commit(&mut self) {
+        self.backoff = 0;
     }
 
     /// The outcome of a commit is not known, or the batch failed: start again from
     /// what the next lookup finds.
     pub(super) fn forget(&mut self) {
         self.revision = None;
-        self.quiet = false;
+        self.quiet_lookups = 0;
         self.streams.clear();
     }
 
@@ -227,14 +244,36 @@ mod tests {
         assert_eq!((cached.revision, cached.head), (8, 1));
         assert_eq!(cached.streams["a"].version, Some(0));
 
-        // Another writer: everything remembered is forgotten until a quiet lookup.
+        // Another writer: everything remembered is forgotten, and each such miss
+        // doubles the quiet lookups in a row it takes to try again.
         known.moved();
         assert!(known.cached(&batch).is_none());
         known.looked_up(10);
         assert!(known.cached(&batch).is_none());
         assert!(!known.remembers("a"));
-        known.looked_up(10);
+        for _ in 0..2 {
+            assert!(known.cached(&batch).is_none());
+            known.looked_up(10);
+        }
         assert_eq!(known.cached(&batch).unwrap().revision, 10);
+        known.moved();
+        for _ in 0..4 {
+            known.looked_up(11);
+            assert!(known.cached(&batch).is_none());
+        }
+        known.looked_up(11);
+        assert!(known.cached(&batch).is_some());
+        // A cached commit ends the wait: one quiet lookup is enough again.
+        known.cached_commit();
+        known.moved();
+        known.looked_up(12);
+        known.looked_up(12);
+        known.looked_up(12);
+        assert!(known.cached(&batch).is_some());
+        for _ in 0..10 {
+            known.moved();
+        }
+        assert_eq!(known.backoff, MAX_BACKOFF);
 
         known.forget();
         assert!(known.cached(&batch).is_none());

@@ -414,6 +414,7 @@ async fn run_transaction(
         match commit_cached(client, &writes, batch, cached).await {
             Ok((committed, revision, state)) => {
                 known.committed(revision, &state);
+                known.cached_commit();
                 metrics::counter!(m::GROUP_COMMITS, "path" => "cached").increment(1);
                 return Ok(committed);
             }
