@@ -68,9 +68,22 @@ impl Default for Limits {
     }
 }
 
-/// Everything the handlers need, cheap to clone.
+/// Everything the handlers need, cheap to clone: one reference count, however many
+/// parts it has (the router clones it for every middleware layer of every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+#[derive(Clone)]
+pub struct Shared {
     pub store: SharedStore,
     /// The store's consumer groups, loaded once per process.
     pub groups: Arc<ConsumerGroups>,
@@ -131,7 +144,7 @@ impl AppState {
         limits: Limits,
         request_timeout: Duration,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             store,
             groups,
             limits: Arc::new(limits),
@@ -143,44 +156,49 @@ impl AppState {
             guard: Arc::new(limits::Guard::default()),
             event_pages: Arc::new(page_cache::EventPageCache::default()),
             forwarder: Arc::new(forward::Forwarder::default()),
-        }
+        }))
+    }
+
+    /// The parts, to change before serving (copied if the state was cloned already).
+    fn parts(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// The same state serving this read side's projections and queries (before serving).
     pub fn with_read_side(mut self, read_side: Arc<ReadSide>) -> Self {
-        self.read_side = Some(read_side);
+        self.parts().read_side = Some(read_side);
         self
     }
 
     /// The same state checking these API tokens (before serving).
     pub fn with_auth(mut self, auth: Arc<auth::Auth>) -> Self {
-        self.auth = auth;
+        self.parts().auth = auth;
         self
     }
 
     /// The same state with these request limits (before serving).
     pub fn with_request_limits(mut self, limits: limits::RequestLimits) -> Self {
-        self.guard = Arc::new(limits::Guard::new(limits));
+        self.parts().guard = Arc::new(limits::Guard::new(limits));
         self
     }
 
     /// The same state caching about `bytes` of sealed event pages; 0 turns the cache
     /// off (before serving).
     pub fn with_event_page_cache_bytes(mut self, bytes: u64) -> Self {
-        self.event_pages = Arc::new(page_cache::EventPageCache::new(bytes));
+        self.parts().event_pages = Arc::new(page_cache::EventPageCache::new(bytes));
         self
     }
 
     /// The same state forwarding group requests to `https://` owners with `tls`
     /// (an instance serving TLS: [`tls::peer_client_config`]), before serving.
     pub fn with_peer_tls(mut self, tls: rustls::ClientConfig) -> Self {
-        self.forwarder = Arc::new(forward::Forwarder::new(Some(tls)));
+        self.parts().forwarder = Arc::new(forward::Forwarder::new(Some(tls)));
         self
     }
 
     /// The same state with other subscription options (before serving).
     pub fn with_subscription_options(mut self, options: SubscriptionOptions) -> Self {
-        self.subscriptions = Arc::new(Subscriptions::new(options));
+        self.parts().subscriptions = Arc::new(Subscriptions::new(options));
         self
     }
 }
