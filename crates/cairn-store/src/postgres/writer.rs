@@ -230,6 +230,8 @@ impl Writer {
                     return Err(failed);
                 }
                 Err(_) => {
+                    // Whether it committed is not known: start again from a lookup.
+                    known.forget();
                     drop(Object::take(connection));
                     return Err((
                         BatchFailure::Transient(StoreError::Unavailable(
