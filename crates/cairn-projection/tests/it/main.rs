@@ -71,10 +71,29 @@ impl Harness {
     }
 
     /// Stops the read side and starts a new one on the same files with `config`.
+    ///
+    /// The directory's lock is released when the stopped read side drops its file, but
+    /// a process that another test of this binary is starting at that moment (a
+    /// PostgreSQL or Redis server) holds a copy of every open file from its fork to its
+    /// exec, so the lock can outlive the read side by that long: a refusal for that
+    /// reason is retried for a while.
     pub async fn reopen(&mut self, config: &str) -> Result<(), ReadSideError> {
         self.read_side.shutdown().await;
-        self.read_side = start_read_side(&self.store, &self.dir, config, |_| {}).await?;
-        Ok(())
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match start_read_side(&self.store, &self.dir, config, |_| {}).await {
+                Err(ReadSideError::Storage(message))
+                    if message.contains("in use by another Cairn process")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                started => {
+                    self.read_side = started?;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     pub async fn append(&self, events: &[Ev<'_>]) -> Position {
