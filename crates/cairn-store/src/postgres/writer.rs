@@ -276,6 +276,19 @@ struct Committed {
     events: Vec<RecordedEvent>,
 }
 
+impl Committed {
+    /// The batch's answers and what it appended; the events move out of `state`.
+    fn new(decisions: Vec<Decision>, state: &mut BatchState) -> Self {
+        let appended =
+            (state.head > state.head_before).then_some((state.head_before + 1, state.head));
+        Self {
+            decisions,
+            appended,
+            events: std::mem::take(&mut state.events),
+        }
+    }
+}
+
 /// Parameters for a pipelined statement.
 macro_rules! sql_params {
     ($($value:expr),* $(,)?) => {
@@ -494,18 +507,8 @@ async fn commit_cached(
         Ok(wrote) => {
             record_phase_elapsed("decide", decided);
             record_phase("write_and_commit", phase_started);
-            let appended =
-                (state.head > state.head_before).then_some((state.head_before + 1, state.head));
-            let events = std::mem::take(&mut state.events);
-            Ok((
-                Committed {
-                    decisions,
-                    appended,
-                    events,
-                },
-                revision + i64::from(wrote),
-                state,
-            ))
+            let committed = Committed::new(decisions, &mut state);
+            Ok((committed, revision + i64::from(wrote), state))
         }
         Err(error) => match error.code() {
             Some(code) if code.code() == REVISION_MOVED => Err(CachedMiss::WrittenElsewhere),
@@ -635,17 +638,8 @@ async fn look_up_and_commit(
         Err(error) => return Err((failure_at_commit(error), Some(decisions))),
     };
     record_phase("write_and_commit", phase_started);
-    let appended = (state.head > state.head_before).then_some((state.head_before + 1, state.head));
-    let events = std::mem::take(&mut state.events);
-    Ok((
-        Committed {
-            decisions,
-            appended,
-            events,
-        },
-        revision + i64::from(wrote),
-        state,
-    ))
+    let committed = Committed::new(decisions, &mut state);
+    Ok((committed, revision + i64::from(wrote), state))
 }
 
 /// Decides the batch's requests in order, against what was looked up (or remembered).
