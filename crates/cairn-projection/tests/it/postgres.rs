@@ -434,13 +434,16 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
     let admin = sql(&database.primary_url).await;
     let listeners = "SELECT pid FROM pg_stat_activity
          WHERE datname = current_database() AND query = 'LISTEN cairn_projections'";
-    let cut: Vec<i32> = admin
-        .query(listeners, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let listener_pids = || async {
+        admin
+            .query(listeners, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, i32>(0))
+            .collect::<Vec<_>>()
+    };
+    let cut = listener_pids().await;
     assert_eq!(cut.len(), 2, "one LISTEN connection per instance: {cut:?}");
     for pid in &cut {
         admin
@@ -450,13 +453,7 @@ async fn one_instance_drives_each_projection_and_another_takes_over() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now: Vec<i32> = admin
-            .query(listeners, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let now = listener_pids().await;
         if now.len() == 2 && now.iter().all(|pid| !cut.contains(pid)) {
             break;
         }
