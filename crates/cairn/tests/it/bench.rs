@@ -256,3 +256,88 @@ fn the_query_scenarios_need_the_bench_read_side_on_a_given_server() {
     assert_eq!(result["errors"], 0, "{result:#}");
     assert_eq!(result["target"], server.url.as_str());
 }
+
+/// A server that is ready but refuses every append and closes the connection after
+/// each answer: the load clients count the refusals, keep what the server said, and
+/// open a new connection for the next request.
+#[test]
+fn refused_requests_are_counted_and_closed_connections_reopened() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if request_line.is_empty() {
+                        request_line = line.clone();
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let (status, answer) = if request_line.starts_with("GET /health/ready") {
+                    ("200 OK", r#"{"status":"ready"}"#)
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        r#"{"error":{"code":"unavailable","message":"try later"}}"#,
+                    )
+                };
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+
+    let result = bench_json(&[
+        "bench",
+        "--url",
+        &url,
+        "--duration",
+        "1s",
+        "--clients",
+        "2",
+        "--json",
+    ]);
+    let requests = result["requests"].as_u64().unwrap();
+    assert!(requests > 2, "{result:#}");
+    assert_eq!(result["errors"].as_u64(), Some(requests), "{result:#}");
+    assert_eq!(result["events"], 0, "{result:#}");
+    let samples = result["error_samples"].as_array().unwrap();
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with("HTTP 503")
+                && s.as_str().unwrap().contains("try later")),
+        "{result:#}"
+    );
+    // One connection per request: each was closed after its answer.
+    let opened = connections.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert!(
+        opened >= requests,
+        "{opened} connections for {requests} requests"
+    );
+}

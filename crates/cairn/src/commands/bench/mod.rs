@@ -6,6 +6,7 @@
 //! `group` scenario ([`group`]) drains a consumer group with competing workers; the
 //! `query` and `e2e --query` scenarios ([`query`]) load the read side.
 
+mod conn;
 mod e2e;
 mod group;
 mod query;
@@ -184,13 +185,13 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         | Scenario::Query => {
             for client in 0..clients {
                 plans.push(Plan::Append {
-                    url: format!("{base_url}/v1/streams/bench-{run_id}-{client}/events"),
+                    path: format!("/v1/streams/bench-{run_id}-{client}/events"),
                     template: template.clone(),
                 });
             }
         }
         Scenario::Read => {
-            let mut urls = Vec::with_capacity(READ_STREAMS);
+            let mut paths = Vec::with_capacity(READ_STREAMS);
             for stream in 0..READ_STREAMS {
                 let name = format!("benchread-{run_id}-{stream}");
                 let body = template.render(stream as u64);
@@ -206,20 +207,21 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
                     let text = response.text().await.unwrap_or_default();
                     bail!("cannot pre-populate the read streams: HTTP {status}: {text}");
                 }
-                urls.push(format!(
-                    "{base_url}/v1/streams/{name}/events?from=0&limit={READ_EVENTS}"
+                paths.push(format!(
+                    "/v1/streams/{name}/events?from=0&limit={READ_EVENTS}"
                 ));
             }
-            let urls: Arc<[String]> = urls.into();
+            let paths: Arc<[String]> = paths.into();
             for client in 0..clients {
                 plans.push(Plan::Read {
-                    urls: urls.clone(),
+                    paths: paths.clone(),
                     next: client,
                 });
             }
         }
     }
 
+    let target = conn::Target::new(base_url, &http)?;
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -236,7 +238,7 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         .into_iter()
         .map(|plan| {
             tokio::spawn(worker(
-                http.clone(),
+                target.client(),
                 plan,
                 events_per_request as u64,
                 deadline,
@@ -411,9 +413,16 @@ struct Counters {
     delivered: AtomicU64,
 }
 
+/// What a load client sends: paths below the target's base URL.
 enum Plan {
-    Append { url: String, template: BodyTemplate },
-    Read { urls: Arc<[String]>, next: usize },
+    Append {
+        path: String,
+        template: BodyTemplate,
+    },
+    Read {
+        paths: Arc<[String]>,
+        next: usize,
+    },
 }
 
 struct WorkerOutcome {
@@ -427,7 +436,7 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 async fn worker(
-    http: reqwest::Client,
+    mut client: conn::Client,
     mut plan: Plan,
     events_per_request: u64,
     deadline: Instant,
@@ -438,30 +447,21 @@ async fn worker(
     let mut sequence: u64 = 0;
     while Instant::now() < deadline {
         sequence += 1;
-        let request = match &mut plan {
-            Plan::Append { url, template } => http
-                .post(url.as_str())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(template.render(sequence)),
-            Plan::Read { urls, next } => {
-                *next = (*next + 1) % urls.len();
-                http.get(urls[*next].as_str())
+        let (path, body) = match &mut plan {
+            Plan::Append { path, template } => (path.as_str(), Some(template.render(sequence))),
+            Plan::Read { paths, next } => {
+                *next = (*next + 1) % paths.len();
+                (paths[*next].as_str(), None)
             }
         };
         let sent = Instant::now();
-        let outcome = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                match response.bytes().await {
-                    Ok(_) if status.is_success() => Ok(()),
-                    Ok(body) => Err(format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(300)])
-                    )),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
-            Err(error) => Err(error.to_string()),
+        let outcome = match client.send(path, body).await {
+            Ok((status, _)) if status.is_success() => Ok(()),
+            Ok((status, body)) => Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )),
+            Err(error) => Err(error),
         };
         let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
         histogram.saturating_record(micros.max(1));
