@@ -4,6 +4,7 @@
 mod pg_faults;
 mod pg_groups;
 mod pg_instances;
+mod pg_model;
 mod postgres;
 mod properties;
 mod sqlite;
