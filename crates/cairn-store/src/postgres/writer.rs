@@ -366,6 +366,12 @@ const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
 /// fails the whole transaction (never a lost event). Nothing in it reads a table except
 /// through the streams' unique index, so its generic plan is as good on a log of
 /// billions as on an empty one (see `GENERIC_PLANS`).
+///
+/// The join hashes the streams and runs the events past them. The planner estimates
+/// every `UNNEST` of a parameter at 10 rows, so left to itself it hashed the events
+/// instead, copying every event (its data included) into the hash table; the
+/// always-true `stream_id > 0` (identities start at 1) makes the streams the side it
+/// expects to be smaller.
 const WRITE_STREAMS_AND_EVENTS: &str = "WITH created AS (
        INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
        SELECT u.name, u.version, u.position, $5, $5, false
@@ -388,7 +394,7 @@ const WRITE_STREAMS_AND_EVENTS: &str = "WITH created AS (
             $5
      FROM UNNEST($7::int8[], $8::uuid[], $9::text[], $10::int8[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
           AS u(position, id, stream, version, type, category, data, metadata, tags)
-     LEFT JOIN s ON s.name = u.stream";
+     LEFT JOIN (SELECT name, stream_id FROM s WHERE stream_id > 0) AS s ON s.name = u.stream";
 /// Sent first in the writing round trip. Every connection plans each statement for its
 /// values (`plan_cache_mode = force_custom_plan`, see `pool.rs`); the writes below need
 /// no table scan whatever their values, so they reuse one generic plan each instead of
