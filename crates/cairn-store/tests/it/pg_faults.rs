@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_core::{EventFilter, ExpectedVersion};
-use cairn_store::conformance::{event, stream};
+use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::{PostgresOptions, PostgresStore, ReplicaStatus};
 use cairn_store::testing::{PgCluster, TestDatabase};
 use cairn_store::{AppendOutcome, AppendRequest, Direction, EventStore, StoreError};
@@ -268,19 +268,7 @@ async fn a_primary_outage_refuses_writes_quickly_keeps_replica_reads_and_loses_n
     }
 
     // Every acknowledged event is in the log, at its position; the log has no gap.
-    let mut log = Vec::new();
-    let mut from = 1;
-    loop {
-        let slice = store
-            .read_all(from, &EventFilter::default(), 1000)
-            .await
-            .unwrap();
-        if slice.events.is_empty() {
-            break;
-        }
-        from = slice.next_from_position;
-        log.extend(slice.events);
-    }
+    let log = whole_log(store.as_ref()).await;
     for (index, event) in log.iter().enumerate() {
         assert_eq!(event.position, index as u64 + 1, "the log has a gap");
     }

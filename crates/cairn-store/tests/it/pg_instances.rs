@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::{EventFilter, ExpectedVersion};
-use cairn_store::conformance::{event, stream};
+use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::PostgresStore;
 use cairn_store::tail::LogTail;
 use cairn_store::{AppendOutcome, AppendRequest, Direction, SharedStore, StoreError, testing};
@@ -150,19 +150,7 @@ async fn three_instances_six_writers_readers_see_every_position_once_in_order() 
     }
     // Every instance reads the same gapless log, in non-decreasing recorded_at.
     for instance in &instances {
-        let mut log = Vec::new();
-        let mut from = 1;
-        loop {
-            let slice = instance
-                .read_all(from, &EventFilter::default(), 1000)
-                .await
-                .unwrap();
-            if slice.events.is_empty() {
-                break;
-            }
-            from = slice.next_from_position;
-            log.extend(slice.events);
-        }
+        let log = whole_log(instance.as_ref()).await;
         let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
         assert_eq!(positions, (1..=TOTAL).collect::<Vec<_>>());
         assert!(log.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));

@@ -11,7 +11,7 @@
 //! some runs are sent at once, so that one transaction decides several of them.
 
 use cairn_core::{AppendCondition, EventFilter, ExpectedVersion};
-use cairn_store::conformance::{event, stream};
+use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::PostgresStore;
 use cairn_store::{
     AppendOutcome, AppendRequest, AppendResult, AppendTarget, EventStore, IdempotencyClaim,
@@ -171,26 +171,19 @@ async fn send(store: &dyn EventStore, request: Request) -> Result<Answer, StoreE
     }
 }
 
-/// The whole log as (position, stream, version, id, type).
+/// The whole log as (position, stream, version, id, type): what both stores must agree
+/// on (not the recorded times).
 async fn log(store: &dyn EventStore) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut from = 0;
-    loop {
-        let slice = store
-            .read_all(from, &EventFilter::default(), 500)
-            .await
-            .unwrap();
-        lines.extend(slice.events.iter().map(|e| {
+    whole_log(store)
+        .await
+        .iter()
+        .map(|e| {
             format!(
                 "{} {} {} {} {}",
                 e.position, e.stream, e.version, e.id, e.event_type
             )
-        }));
-        if slice.events.is_empty() || slice.next_from_position > slice.head_position {
-            return lines;
-        }
-        from = slice.next_from_position;
-    }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
