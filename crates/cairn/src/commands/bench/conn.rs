@@ -1,8 +1,8 @@
 //! The load loops' HTTP client: each client owns one keep-alive HTTP/1.1 connection,
 //! as `wrk` and `pgbench` clients do. Nothing is shared between clients (no pool to
-//! take a connection from and give it back to, no lock) and nothing is parsed per
-//! request, so the load generator takes as little as it can of the CPU it shares with
-//! the server on one machine. `https://` targets go through reqwest, which has the
+//! take a connection from and give it back to, no lock) and the base URL is split
+//! once, not for every request, so the load generator takes as little as it can of the
+//! CPU it shares with the server on one machine. `https://` targets go through reqwest, which has the
 //! certificate handling.
 
 use std::time::Duration;
