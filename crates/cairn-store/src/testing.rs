@@ -419,6 +419,15 @@ pub async fn shared_database() -> Option<TestDatabase> {
     Some(cluster.create_database().await)
 }
 
+/// The lines of a plan as PostgreSQL prints them: `statement` is the whole `EXPLAIN …`.
+pub async fn explain(
+    client: &tokio_postgres::Client,
+    statement: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client.query(statement, &[]).await?;
+    rows.iter().map(|row| row.try_get(0)).collect()
+}
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

@@ -967,16 +967,12 @@ mod tests {
             ))
             .await
             .unwrap();
-        let plan: Vec<String> = client
-            .query(
-                &format!("EXPLAIN (COSTS OFF) EXECUTE write_batch ({nulls})"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let plan = crate::testing::explain(
+            &client,
+            &format!("EXPLAIN (COSTS OFF) EXECUTE write_batch ({nulls})"),
+        )
+        .await
+        .unwrap();
         let text = plan.join("\n");
         // The subtree under the `Hash` node: the lines after it, indented deeper.
         let hash = plan

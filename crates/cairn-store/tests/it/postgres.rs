@@ -368,14 +368,10 @@ async fn read_paths_use_their_indexes() {
             "idempotency_keys_pkey",
         ),
     ] {
-        let plan: Vec<String> = client
-            .query(&format!("EXPLAIN {query}"), &[])
+        let plan = testing::explain(&client, &format!("EXPLAIN {query}"))
             .await
             .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let plan = plan.join("\n");
+            .join("\n");
         assert!(plan.contains(expected), "{query}\nplan:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{query}\nplan:\n{plan}");
     }
