@@ -341,3 +341,49 @@ fn refused_requests_are_counted_and_closed_connections_reopened() {
         "{opened} connections for {requests} requests"
     );
 }
+
+/// A server that answers the readiness check and then goes away: every load request
+/// fails to connect, is counted as an error, and says so.
+#[test]
+fn a_server_that_goes_away_is_counted_as_failed_connections() {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        // One connection (the readiness check), then the listener is closed.
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let body = r#"{"status":"ready"}"#;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+
+    let result = bench_json(&[
+        "bench",
+        "--url",
+        &url,
+        "--duration",
+        "1s",
+        "--clients",
+        "2",
+        "--json",
+    ]);
+    let requests = result["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{result:#}");
+    assert_eq!(result["errors"].as_u64(), Some(requests), "{result:#}");
+    let samples = result["error_samples"].as_array().unwrap();
+    assert!(
+        samples.iter().all(|s| s
+            .as_str()
+            .unwrap()
+            .starts_with("cannot connect to 127.0.0.1:")),
+        "{result:#}"
+    );
+}
