@@ -351,10 +351,12 @@ fn a_server_that_goes_away_is_counted_as_failed_connections() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
-        // One connection (the readiness check), then the listener is closed.
+        // One connection (the readiness check); the listener is closed before it is
+        // answered, so that no load connection can wait in its backlog.
         let Ok((mut stream, _)) = listener.accept() else {
             return;
         };
+        drop(listener);
         let mut request = [0u8; 1024];
         let _ = stream.read(&mut request);
         let body = r#"{"status":"ready"}"#;
