@@ -312,27 +312,13 @@ fn refused_requests_are_counted_and_closed_connections_reopened() {
         }
     });
 
-    let result = bench_json(&[
-        "bench",
-        "--url",
-        &url,
-        "--duration",
-        "1s",
-        "--clients",
-        "2",
-        "--json",
-    ]);
-    let requests = result["requests"].as_u64().unwrap();
-    assert!(requests > 2, "{result:#}");
-    assert_eq!(result["errors"].as_u64(), Some(requests), "{result:#}");
-    assert_eq!(result["events"], 0, "{result:#}");
-    let samples = result["error_samples"].as_array().unwrap();
+    let (requests, samples) = bench_failing(&url);
+    assert!(requests > 2, "{requests} requests");
     assert!(
         samples
             .iter()
-            .any(|s| s.as_str().unwrap().starts_with("HTTP 503")
-                && s.as_str().unwrap().contains("try later")),
-        "{result:#}"
+            .any(|s| s.starts_with("HTTP 503") && s.contains("try later")),
+        "{samples:#?}"
     );
     // One connection per request: each was closed after its answer.
     let opened = connections.load(std::sync::atomic::Ordering::Relaxed) as u64;
@@ -367,10 +353,23 @@ fn a_server_that_goes_away_is_counted_as_failed_connections() {
         );
     });
 
+    let (_, samples) = bench_failing(&url);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.starts_with("cannot connect to 127.0.0.1:")),
+        "{samples:#?}"
+    );
+}
+
+/// `cairn bench` for 1 s with 2 clients against `url`, whose server fails every load
+/// request: each is counted as an error, none as events. Returns the requests sent and
+/// the error samples.
+fn bench_failing(url: &str) -> (u64, Vec<String>) {
     let result = bench_json(&[
         "bench",
         "--url",
-        &url,
+        url,
         "--duration",
         "1s",
         "--clients",
@@ -380,12 +379,13 @@ fn a_server_that_goes_away_is_counted_as_failed_connections() {
     let requests = result["requests"].as_u64().unwrap();
     assert!(requests > 0, "{result:#}");
     assert_eq!(result["errors"].as_u64(), Some(requests), "{result:#}");
-    let samples = result["error_samples"].as_array().unwrap();
-    assert!(
-        samples.iter().all(|s| s
-            .as_str()
-            .unwrap()
-            .starts_with("cannot connect to 127.0.0.1:")),
-        "{result:#}"
-    );
+    assert_eq!(result["events"], 0, "{result:#}");
+    let samples: Vec<String> = result["error_samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!samples.is_empty(), "{result:#}");
+    (requests, samples)
 }
