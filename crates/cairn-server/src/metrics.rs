@@ -42,6 +42,9 @@ pub const PROCESS_OPEN_FDS: &str = "cairn_process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "cairn_process_max_fds";
 /// Gauge: when the process started, in seconds since the Unix epoch.
 pub const PROCESS_START_TIME_SECONDS: &str = "cairn_process_start_time_seconds";
+/// Counter: log lines dropped because stderr was not read fast enough (recorded by the
+/// `cairn` binary's log writer).
+pub const LOG_LINES_DROPPED_TOTAL: &str = "cairn_log_lines_dropped_total";
 
 // The store's histograms (`cairn_store::metrics`) get their buckets here, where the
 // recorder is built.
@@ -175,6 +178,10 @@ fn describe() {
     metrics::describe_counter!(
         EVENT_PAGE_CACHE_MISSES_TOTAL,
         "Pages of events read from the store while the page cache is on, by route."
+    );
+    metrics::describe_counter!(
+        LOG_LINES_DROPPED_TOTAL,
+        "Log lines dropped because stderr was not read fast enough and the log buffer was full."
     );
     describe_storage();
     describe_read_side();

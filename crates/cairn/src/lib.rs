@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod embedded;
+mod log_sink;
 pub mod logging;
 pub mod settings;
 pub mod telemetry;
@@ -37,6 +38,8 @@ pub fn main() -> ExitCode {
     let outcome = runtime.block_on(run(cli));
     // Don't wait for stray tasks (e.g. a connection still draining).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // The log's last lines, before the error (if any) is printed after them.
+    logging::flush();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
 //! Logs on stderr: one JSON object a line, or human-readable lines; and, beside them,
 //! the spans exported as OpenTelemetry traces when an exporter is configured
-//! ([`crate::telemetry`]).
+//! ([`crate::telemetry`]). Lines reach stderr through [`crate::log_sink`], so logging
+//! never waits for stderr's reader; [`flush`] writes what is still buffered.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing::level_filters::LevelFilter;
@@ -12,7 +14,27 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
 
+use crate::log_sink::{CAPACITY, LogSink, SinkWriter};
 use crate::settings::LogFormat;
+
+static SINK: OnceLock<Arc<LogSink>> = OnceLock::new();
+
+/// The process's log sink, started on first use.
+fn sink_writer() -> anyhow::Result<SinkWriter> {
+    if let Some(sink) = SINK.get() {
+        return Ok(SinkWriter(Arc::clone(sink)));
+    }
+    let sink = LogSink::start(Box::new(std::io::stderr()), CAPACITY)
+        .map_err(|error| anyhow::anyhow!("cannot start the log's writing thread: {error}"))?;
+    Ok(SinkWriter(Arc::clone(SINK.get_or_init(|| sink))))
+}
+
+/// Writes the log lines still buffered to stderr; called before the process exits.
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        sink.flush();
+    }
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`; `format`
 /// `None` picks json when stderr is not a terminal and pretty when it is.
@@ -32,6 +54,7 @@ pub fn init_with_tracer(
         return init_logs_only(format, level);
     };
     let filter = log_filter(level)?;
+    let writer = sink_writer()?;
     let is_terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if is_terminal {
         LogFormat::Pretty
@@ -47,13 +70,13 @@ pub fn init_with_tracer(
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(log_only)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(is_terminal)
             .compact()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(log_only)
             .boxed(),
     };
@@ -91,6 +114,7 @@ fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
 /// The log layer alone, with its filter global: what runs without traces.
 fn init_logs_only(format: Option<LogFormat>, level: &str) -> anyhow::Result<()> {
     let filter = log_filter(level)?;
+    let writer = sink_writer()?;
     let is_terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if is_terminal {
         LogFormat::Pretty
@@ -99,7 +123,7 @@ fn init_logs_only(format: Option<LogFormat>, level: &str) -> anyhow::Result<()> 
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let installed = match format {
         LogFormat::Json => builder
             .json()

@@ -127,20 +127,26 @@ fn a_created_token_parses_and_authenticates_against_the_server() {
     assert_eq!(send(address, "GET", "/health/live", None, "").0, 200);
 
     // Nothing secret reaches the log, but the token's name does.
-    let logs = server.logs().join("\n");
+    let named = |logs: &[String]| -> Vec<serde_json::Value> {
+        logs.iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|log| log["message"] == "request")
+            .filter(|log| log["token"] == "orders-service")
+            .collect()
+    };
+    // The last request's line is the last to come.
+    let lines = server.wait_for_logs(|logs| {
+        logs.iter()
+            .any(|line| line.contains("\"route\":\"/health/live\""))
+    });
+    let logs = lines.join("\n");
     assert!(!logs.contains(&secret), "the secret is in the log");
     assert!(!logs.contains(hash), "the hash is in the log");
     assert!(
         !logs.contains("cairn_nope"),
         "a presented secret is in the log"
     );
-    let named: Vec<serde_json::Value> = server
-        .logs()
-        .iter()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|log| log["message"] == "request")
-        .filter(|log| log["token"] == "orders-service")
-        .collect();
+    let named = named(&lines);
     assert!(named.len() >= 4, "request lines name the token:\n{logs}");
     // The request id, client address and byte counts are there too (and, as checked
     // above, no secret in them).

@@ -451,11 +451,11 @@ fn a_sigkilled_owner_hands_its_group_to_the_survivor_within_seconds() {
         let status = client(b).group_status(GROUP).await.unwrap();
         assert_eq!((status.checkpoint, status.in_flight), (last, 0));
         assert_eq!(stored_checkpoint(&database).await, last, "durable");
-        let taken = b
-            .logs()
-            .iter()
-            .any(|line| line.contains("consumer group taken: this instance drives it"));
-        assert!(taken, "the survivor logged the takeover");
+        // The survivor logged the takeover.
+        b.wait_for_logs(|logs| {
+            logs.iter()
+                .any(|line| line.contains("consumer group taken: this instance drives it"))
+        });
     });
 }
 

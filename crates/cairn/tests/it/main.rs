@@ -9,6 +9,7 @@ mod crash;
 mod export_import;
 mod group_failover;
 mod groups;
+mod logs;
 mod metrics_catalogue;
 mod observability;
 mod plans;

@@ -752,7 +752,12 @@ fn each_request_line_has_its_id_client_bytes_and_trace() {
     assert_ne!(first, second);
     uuid::Uuid::parse_str(first).expect("a UUID");
 
-    let logs = server.logs();
+    let logs = server.wait_for_logs(|logs| {
+        logs.iter()
+            .filter(|line| line.contains("\"route\":\"/health/live\""))
+            .count()
+            >= 6
+    });
     let line = request_line(&logs, "client-id-42");
     assert_eq!(line["method"], "POST");
     assert_eq!(line["route"], "/v1/streams/{stream}/events");

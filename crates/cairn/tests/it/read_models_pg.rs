@@ -132,12 +132,10 @@ fn the_owner_is_killed_and_another_instance_takes_over_exactly_right() {
     let status = ledger(&b);
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["position"], json!(head), "{status}");
-    let logs = b.logs();
-    assert!(
+    b.wait_for_logs(|logs| {
         logs.iter()
-            .any(|line| line.contains("this instance drives the projection")),
-        "{logs:#?}"
-    );
+            .any(|line| line.contains("this instance drives the projection"))
+    });
 }
 
 #[test]

@@ -164,14 +164,13 @@ fn a_server_answers_while_redis_is_dead_and_uses_it_again_when_it_returns() {
             assert_eq!((found.len(), position), (index as usize, last));
         }
         assert!(metric(&server, "cairn_query_cache_redis_errors_total", "get") >= 1.0);
-        let warnings = |server: &Server| {
-            server
-                .logs()
-                .iter()
+        let warnings = |logs: &[String]| {
+            logs.iter()
                 .filter(|line| line.contains("the shared query cache (Redis) failed"))
                 .count()
         };
-        assert_eq!(warnings(&server), 1, "the warning is rate-limited");
+        let logs = server.wait_for_logs(|logs| warnings(logs) > 0);
+        assert_eq!(warnings(&logs), 1, "the warning is rate-limited");
 
         redis.resume();
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -234,6 +234,23 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines once `done` holds for them: lines reach stderr from the server's
+    /// log thread, a moment after the response that logged them.
+    pub fn wait_for_logs(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs = self.logs();
+            if done(&logs) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not in the log in time: {logs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
