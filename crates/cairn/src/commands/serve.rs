@@ -68,13 +68,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     })
     .await?;
-    if settings.database.is_some() && !settings.projections.is_empty() {
-        tracing::warn!(
-            data_dir = %settings.data_dir.display(),
-            "projections keep their read models in readmodels.db in --data-dir of this instance \
-             (read models on PostgreSQL are not supported yet): run them on one instance only"
-        );
-    }
     tracing::info!(
         listen = %server.local_addr,
         url = server.url(),
