@@ -75,7 +75,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %settings.data_dir.display(),
         store = if settings.database.is_some() { "postgres" } else { "sqlite" },
         database_url = settings.database.as_ref().map(|database| database.redacted_url()),
-        replica_urls = ?settings.database.as_ref().map(|database| database.redacted_replica_urls()),
+        // Absent without PostgreSQL, as `database_url` is.
+        replica_urls = settings
+            .database
+            .as_ref()
+            .map(|database| format!("{:?}", database.redacted_replica_urls())),
         projections = settings.projections.len(),
         queries = settings.queries.len(),
         tokens = settings.tokens.len(),
