@@ -171,7 +171,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
             )
         };
     }
-    let span = if parent.is_some() {
+    let exported = parent.is_some();
+    let span = if exported {
         let span = request_span!("cairn::http");
         // Before the span starts: the exporter names it now.
         span.record("otel.name", format!("{method} {route}").as_str());
@@ -240,9 +241,14 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     .await;
     let elapsed = started.elapsed();
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
+    // For the exported span only: the log's line below has the status, and no line is
+    // logged inside the span after this. (The log's JSON formatter parses and rewrites
+    // a span's fields to add one, on every request.)
+    if exported {
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
     }
     drop(span);
     let mut response = response;
