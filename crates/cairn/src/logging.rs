@@ -5,6 +5,7 @@
 
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing::level_filters::LevelFilter;
@@ -29,10 +30,26 @@ fn sink_writer() -> anyhow::Result<SinkWriter> {
     Ok(SinkWriter(Arc::clone(SINK.get_or_init(|| sink))))
 }
 
-/// Writes the log lines still buffered to stderr; called before the process exits.
+/// How long the process waits, before it exits, for its last log lines to be written.
+const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// Writes the log lines still buffered to stderr; called before the process exits. A
+/// reader of stderr that stopped reading holds the exit up for [`EXIT_FLUSH_WAIT`] at
+/// most, and the lines it did not take are lost.
 pub fn flush() {
-    if let Some(sink) = SINK.get() {
-        sink.flush();
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let (written, done) = std::sync::mpsc::channel();
+    let flusher = Arc::clone(sink);
+    let spawned = std::thread::Builder::new()
+        .name("cairn-log-flush".into())
+        .spawn(move || {
+            flusher.flush();
+            let _ = written.send(());
+        });
+    if spawned.is_ok() {
+        let _ = done.recv_timeout(EXIT_FLUSH_WAIT);
     }
 }
 

@@ -3,9 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -18,60 +18,8 @@ const REQUESTS: usize = 2000;
 #[test]
 fn a_log_reader_that_stops_reading_never_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = cairn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("cairn serve starts");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-
-    // Read the log until the server says where it listens, then stop reading.
-    let mut address = None;
-    let mut line = String::new();
-    while address.is_none() {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the log ended");
-        if let Ok(log) = serde_json::from_str::<Value>(&line)
-            && log["message"] == "cairn is listening"
-        {
-            address = log["listen"].as_str().map(str::to_owned);
-        }
-    }
-    let address = address.unwrap();
-
-    let mut connection = TcpStream::connect(&address).unwrap();
-    connection.set_nodelay(true).unwrap();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let body = r#"{"events":[{"type":"Logged","data":{"n":1}}]}"#;
-    for n in 0..REQUESTS {
-        let request = format!(
-            "POST /v1/streams/logged-{n}/events HTTP/1.1\r\nHost: {address}\r\n\
-             Content-Type: application/json\r\nx-request-id: logged-{n}\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        connection.write_all(request.as_bytes()).unwrap();
-        let status = read_response(&mut connection)
-            .unwrap_or_else(|error| panic!("request {n} got no answer: {error}"));
-        assert_eq!(status, 201, "request {n}");
-    }
-    assert_eq!(
-        http_get(&address, "/health/live").map(|(status, _)| status),
-        Some(200)
-    );
+    let (server, stderr, address) = start_unread(&dir);
+    append_while_unread(&address);
 
     // Reading again: every request's line comes, whole and in order.
     let (lines, received) = mpsc::channel();
@@ -101,8 +49,111 @@ fn a_log_reader_that_stops_reading_never_stops_the_server() {
             "{line}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
+}
+
+#[test]
+fn a_log_reader_that_stopped_reading_holds_the_exit_up_for_seconds_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, stderr, address) = start_unread(&dir);
+    append_while_unread(&address);
+    // Stopping logs a few more lines, which find stderr full: the process still ends
+    // (within the 5 s it gives its log, plus the time to drain requests).
+    let started = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "cairn serve did not exit with its stderr unread"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stderr);
+}
+
+/// A server process, killed when the test ends, however it ends.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cairn serve` with its log read until it says where it listens, and no further.
+fn start_unread(dir: &tempfile::TempDir) -> (Serving, BufReader<ChildStderr>, String) {
+    let mut child = cairn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("cairn serve starts");
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no stderr to read");
+    };
+    let mut stderr = BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if !matches!(stderr.read_line(&mut line), Ok(read) if read > 0) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the log ended before cairn serve listened");
+        }
+        if let Ok(log) = serde_json::from_str::<Value>(&line)
+            && log["message"] == "cairn is listening"
+            && let Some(address) = log["listen"].as_str()
+        {
+            return (Serving(child), stderr, address.to_owned());
+        }
+    }
+}
+
+/// [`REQUESTS`] appends, one at a time on one connection, each answered in time.
+fn append_while_unread(address: &str) {
+    let mut connection = TcpStream::connect(address).unwrap();
+    connection.set_nodelay(true).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = r#"{"events":[{"type":"Logged","data":{"n":1}}]}"#;
+    for n in 0..REQUESTS {
+        let request = format!(
+            "POST /v1/streams/logged-{n}/events HTTP/1.1\r\nHost: {address}\r\n\
+             Content-Type: application/json\r\nx-request-id: logged-{n}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        connection.write_all(request.as_bytes()).unwrap();
+        let status = read_response(&mut connection)
+            .unwrap_or_else(|error| panic!("request {n} got no answer: {error}"));
+        assert_eq!(status, 201, "request {n}");
+    }
+    assert_eq!(
+        http_get(address, "/health/live").map(|(status, _)| status),
+        Some(200)
+    );
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body; returns its status.
