@@ -915,6 +915,20 @@ pub struct BenchArgs {
     /// The server to load; an embedded server on a temporary directory when absent.
     #[arg(long, env = "CAIRN_URL", value_name = "URL")]
     pub url: Option<String>,
+    /// With --url: PEM file of a CA certificate to trust for an https:// URL, besides the
+    /// system's (e.g. a private CA).
+    #[arg(long, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// With --url: API token sent as `Authorization: Bearer` by every request, for a
+    /// server with tokens configured. Its scopes: append and read (admin for the group
+    /// scenario, which creates its group).
+    #[arg(
+        long,
+        env = "CAIRN_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Print the result as JSON on stdout (the human summary goes to stderr).
     #[arg(long)]
     pub json: bool,

@@ -390,3 +390,64 @@ fn an_invalid_auth_table_stops_serve_naming_the_problem() {
         stderr(&output)
     );
 }
+
+/// `cairn bench --url … --token`: the load, the set-up requests and the client library's
+/// requests (the group scenario's) carry the token; without it every request is refused
+/// and counted so.
+#[test]
+fn cairn_bench_sends_its_token() {
+    let (secret, block) = create_token(&["--name", "bench", "--scopes", "read,append"]);
+    let (admin, admin_block) = create_token(&["--name", "bench-admin", "--scopes", "admin"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    write_config(&config, &[&block, &admin_block]);
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "bench",
+            "--url",
+            &server.url,
+            "--clients",
+            "2",
+            "--duration",
+            "1s",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let text = ok(run(&args));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    for scenario in ["append", "read"] {
+        let result = bench(&[scenario, "--token", &secret]);
+        assert_eq!(result["errors"], 0, "{scenario}: {result:#}");
+        assert!(result["requests"].as_u64().unwrap() > 0, "{result:#}");
+    }
+    let result = bench(&[
+        "group",
+        "--events",
+        "200",
+        "--workers",
+        "2",
+        "--token",
+        &admin,
+    ]);
+    assert_eq!(result["errors"], 0, "{result:#}");
+    assert_eq!(result["events"], 200, "{result:#}");
+
+    let refused = bench(&["append"]);
+    let requests = refused["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{refused:#}");
+    assert_eq!(refused["errors"].as_u64(), Some(requests), "{refused:#}");
+    assert!(
+        refused["error_samples"][0]
+            .as_str()
+            .is_some_and(|sample| sample.starts_with("HTTP 401")),
+        "{refused:#}"
+    );
+
+    // A token no header can carry is refused before any request.
+    let output = run(&["bench", "--url", &server.url, "--token", "bad\nsecret"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--token"), "{}", stderr(&output));
+}

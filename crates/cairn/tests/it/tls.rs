@@ -189,6 +189,48 @@ fn the_client_and_the_cli_work_over_https_with_a_private_ca() {
 }
 
 #[test]
+fn cairn_bench_loads_an_https_server_that_trusts_its_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "bench");
+    let server = start_tls(&dir.path().join("data"), &pki, &[]);
+    let text = ok(run(&[
+        "bench",
+        "--url",
+        &server.url,
+        "--ca-cert",
+        path(&pki.ca),
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]));
+    let result: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(result["errors"], 0, "{result:#}");
+    assert!(result["events"].as_u64().unwrap() > 0, "{result:#}");
+
+    // Without the CA the server is not trusted, and the bench says so before any load.
+    let untrusted = run(&["bench", "--url", &server.url, "--duration", "1s"]);
+    assert!(!untrusted.status.success());
+    assert!(
+        stderr(&untrusted).contains("is not ready"),
+        "{}",
+        stderr(&untrusted)
+    );
+    // A file that is not a certificate is refused with its name.
+    let bad = dir.path().join("not-a-cert.pem");
+    std::fs::write(&bad, "hello").unwrap();
+    let refused = run(&["bench", "--url", &server.url, "--ca-cert", path(&bad)]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not-a-cert.pem"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
 fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let first = pki(dir.path(), "first");

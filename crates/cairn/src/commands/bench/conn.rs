@@ -26,6 +26,8 @@ pub(super) enum Target {
         host: HeaderValue,
         /// The base URL's path without its trailing slash (usually empty).
         prefix: String,
+        /// `Bearer <token>` (`--token`), sent with every request.
+        authorization: Option<HeaderValue>,
     },
     /// Anything else (`https://`): reqwest's pooled client.
     Pooled {
@@ -35,8 +37,12 @@ pub(super) enum Target {
 }
 
 impl Target {
-    /// `http` is used for what is not plain HTTP.
-    pub(super) fn new(base_url: &str, http: &reqwest::Client) -> anyhow::Result<Self> {
+    /// `http` is used for what is not plain HTTP (and sends `authorization` itself).
+    pub(super) fn new(
+        base_url: &str,
+        http: &reqwest::Client,
+        authorization: Option<HeaderValue>,
+    ) -> anyhow::Result<Self> {
         let uri: Uri = base_url
             .parse()
             .map_err(|error| anyhow::anyhow!("{base_url} is not a URL: {error}"))?;
@@ -50,6 +56,7 @@ impl Target {
                     authority,
                     host,
                     prefix: uri.path().trim_end_matches('/').to_owned(),
+                    authorization,
                 })
             }
             _ => Ok(Self::Pooled {
@@ -98,12 +105,13 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), String> {
-        let (authority, host, prefix) = match &self.target {
+        let (authority, host, prefix, authorization) = match &self.target {
             Target::Plain {
                 authority,
                 host,
                 prefix,
-            } => (authority, host, prefix),
+                authorization,
+            } => (authority, host, prefix, authorization),
             Target::Pooled { http, base_url } => {
                 return pooled(http, &format!("{base_url}{path}"), body).await;
             }
@@ -129,6 +137,9 @@ impl Client {
             .header(header::HOST, host.clone());
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = request
             .body(Full::new(body.unwrap_or_default()))
@@ -196,25 +207,29 @@ mod tests {
     #[test]
     fn plain_urls_are_split_once_and_others_go_pooled() {
         let http = reqwest::Client::new();
+        let bearer = HeaderValue::from_static("Bearer cairn_x");
         let Ok(Target::Plain {
             authority,
             host,
             prefix,
-        }) = Target::new("http://localhost:7171/base/", &http)
+            authorization,
+        }) = Target::new("http://localhost:7171/base/", &http, Some(bearer.clone()))
         else {
             panic!("http:// goes over connections of its own");
         };
         assert_eq!(authority, "localhost:7171");
         assert_eq!(host, "localhost:7171");
         assert_eq!(prefix, "/base");
-        let Ok(Target::Plain { authority, .. }) = Target::new("http://127.0.0.1", &http) else {
+        assert_eq!(authorization, Some(bearer));
+        let Ok(Target::Plain { authority, .. }) = Target::new("http://127.0.0.1", &http, None)
+        else {
             panic!("http:// goes over connections of its own");
         };
         assert_eq!(authority, "127.0.0.1:80");
         assert!(matches!(
-            Target::new("https://cairn.example:443", &http),
+            Target::new("https://cairn.example:443", &http, None),
             Ok(Target::Pooled { .. })
         ));
-        assert!(Target::new("not a url", &http).is_err());
+        assert!(Target::new("not a url", &http, None).is_err());
     }
 }

@@ -22,9 +22,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BenchResult, BodyTemplate, COUNTER_DIGITS, Counters, Latency, Measured, ProgressKind,
-    bench_http, keep_samples, micros_since, new_histogram, post_json, round, show_progress,
-    wait_until_ready,
+    Access, BenchResult, BodyTemplate, COUNTER_DIGITS, Counters, Latency, Measured, ProgressKind,
+    keep_samples, micros_since, new_histogram, post_json, round, show_progress, wait_until_ready,
 };
 use crate::cli::BenchArgs;
 
@@ -79,14 +78,15 @@ impl E2eFigures {
 
 pub(super) async fn measure(
     args: &BenchArgs,
+    access: &Access,
     base_url: &str,
     embedded: bool,
 ) -> anyhow::Result<BenchResult> {
     let clients = usize::try_from(args.clients).context("too many clients")?;
     let subscribers = usize::try_from(args.subscribers).context("too many subscribers")?;
-    let http = bench_http(clients)?;
+    let http = access.http(clients)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
-    let client = Client::new(base_url).context("cannot use the URL")?;
+    let client = access.client(base_url)?;
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let category = format!("e2e{run_id}");
     let head = client

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use cairn_client::{Client, EventFilterSpec, GroupRequest, ReadAllOptions};
+use cairn_client::{EventFilterSpec, GroupRequest, ReadAllOptions};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
-    bench_http, keep_samples, micros_since, new_histogram, post_json, round, show_progress,
-    wait_until_ready,
+    Access, BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
+    keep_samples, micros_since, new_histogram, post_json, round, show_progress, wait_until_ready,
 };
 use crate::cli::BenchArgs;
 
@@ -79,13 +78,14 @@ impl GroupFigures {
 
 pub(super) async fn measure(
     args: &BenchArgs,
+    access: &Access,
     base_url: &str,
     embedded: bool,
 ) -> anyhow::Result<BenchResult> {
     let workers = usize::try_from(args.workers).context("too many workers")?;
-    let http = bench_http(workers + PREFILL_WRITERS)?;
+    let http = access.http(workers + PREFILL_WRITERS)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
-    let client = Client::new(base_url).context("cannot use the URL")?;
+    let client = access.client(base_url)?;
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let category = format!("grp{run_id}");
     let head = client

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http::HeaderValue;
 use serde::Serialize;
 
 use crate::cli::{BenchArgs, Scenario};
@@ -137,15 +138,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (server.url(), Some((server, dir)))
         }
     };
-    let outcome = match args.scenario {
-        Scenario::E2e if args.query => {
-            query::measure_visibility(&args, &base_url, embedded.is_some()).await
-        }
-        Scenario::E2e => e2e::measure(&args, &base_url, embedded.is_some()).await,
-        Scenario::Group => group::measure(&args, &base_url, embedded.is_some()).await,
-        Scenario::Query => query::measure(&args, &base_url, embedded.is_some()).await,
-        Scenario::Append | Scenario::AppendBatch | Scenario::Read => {
-            measure(&args, &base_url, embedded.is_some()).await
+    let outcome = match Access::of(&args, embedded.is_some()) {
+        Err(error) => Err(error),
+        Ok(access) => {
+            let (args, base_url, embedded) = (&args, base_url.as_str(), embedded.is_some());
+            match args.scenario {
+                Scenario::E2e if args.query => {
+                    query::measure_visibility(args, &access, base_url, embedded).await
+                }
+                Scenario::E2e => e2e::measure(args, &access, base_url, embedded).await,
+                Scenario::Group => group::measure(args, &access, base_url, embedded).await,
+                Scenario::Query => query::measure(args, &access, base_url, embedded).await,
+                Scenario::Append | Scenario::AppendBatch | Scenario::Read => {
+                    measure(args, &access, base_url, embedded).await
+                }
+            }
         }
     };
     if let Some((server, dir)) = embedded {
@@ -164,9 +171,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Result<BenchResult> {
+async fn measure(
+    args: &BenchArgs,
+    access: &Access,
+    base_url: &str,
+    embedded: bool,
+) -> anyhow::Result<BenchResult> {
     let clients = usize::try_from(args.clients).context("too many clients")?;
-    let http = bench_http(clients)?;
+    let http = access.http(clients)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
 
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -221,7 +233,7 @@ async fn measure(args: &BenchArgs, base_url: &str, embedded: bool) -> anyhow::Re
         }
     }
 
-    let target = conn::Target::new(base_url, &http)?;
+    let target = conn::Target::new(base_url, &http, access.authorization())?;
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -345,15 +357,93 @@ fn micros_since(instant: Instant) -> u64 {
     u64::try_from(instant.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The HTTP client of the load loops: no retries, no idempotency keys, pooled
-/// connections, Nagle off.
-fn bench_http(connections: usize) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("cannot build the HTTP client")
+/// How the load reaches a server given by `--url`: the API token every request sends
+/// and the CA certificate trusted besides the system's (`--token`, `--ca-cert`). The
+/// embedded server needs neither.
+#[derive(Default)]
+struct Access {
+    /// `Bearer <token>`, marked sensitive.
+    authorization: Option<HeaderValue>,
+    ca_cert: Option<std::path::PathBuf>,
+    ca_certificates: Vec<reqwest::Certificate>,
+    token: Option<String>,
+}
+
+impl Access {
+    fn of(args: &BenchArgs, embedded: bool) -> anyhow::Result<Self> {
+        if embedded {
+            return Ok(Self::default());
+        }
+        let authorization = match &args.token {
+            Some(token) => {
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        anyhow::anyhow!("--token holds characters a header cannot carry")
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let ca_certificates = match &args.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+                let certificates =
+                    reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                        format!("--ca-cert {}: not a PEM certificate", path.display())
+                    })?;
+                if certificates.is_empty() {
+                    bail!(
+                        "--ca-cert {}: no -----BEGIN CERTIFICATE----- block found",
+                        path.display()
+                    );
+                }
+                certificates
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            authorization,
+            ca_cert: args.ca_cert.clone(),
+            ca_certificates,
+            token: args.token.clone(),
+        })
+    }
+
+    fn authorization(&self) -> Option<HeaderValue> {
+        self.authorization.clone()
+    }
+
+    /// The HTTP client of the load loops: no retries, no idempotency keys, pooled
+    /// connections, Nagle off.
+    fn http(&self, connections: usize) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(authorization) = &self.authorization {
+            headers.insert(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .default_headers(headers);
+        for certificate in &self.ca_certificates {
+            builder = builder.add_root_certificate(certificate.clone());
+        }
+        builder.build().context("cannot build the HTTP client")
+    }
+
+    /// A `cairn-client` client (subscriptions, set-up reads) with the same access.
+    fn client(&self, base_url: &str) -> anyhow::Result<cairn_client::Client> {
+        crate::commands::build_client(
+            cairn_client::Client::builder(base_url),
+            &crate::cli::ClientArgs {
+                url: base_url.to_owned(),
+                ca_cert: self.ca_cert.clone(),
+                token: self.token.clone(),
+            },
+        )
+    }
 }
 
 /// POSTs a JSON body; `Err` with the status and the start of the body unless 2xx.

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::e2e::Schedule;
 use super::{
-    BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
-    WorkerOutcome, bench_http, keep_samples, micros_since, new_histogram, post_json, round,
-    show_progress, wait_until_ready,
+    Access, BenchResult, BodyTemplate, Counters, ERROR_SAMPLES, Latency, Measured, ProgressKind,
+    WorkerOutcome, keep_samples, micros_since, new_histogram, post_json, round, show_progress,
+    wait_until_ready,
 };
 use crate::cli::BenchArgs;
 use crate::embedded::ReadSideConfig;
@@ -377,11 +377,12 @@ async fn cache_counts(http: &reqwest::Client, base_url: &str) -> (u64, u64) {
 
 pub(super) async fn measure(
     args: &BenchArgs,
+    access: &Access,
     base_url: &str,
     embedded: bool,
 ) -> anyhow::Result<BenchResult> {
     let clients = usize::try_from(args.clients).context("too many clients")?;
-    let http = bench_http(clients + PREFILL_WRITERS)?;
+    let http = access.http(clients + PREFILL_WRITERS)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
     check_read_side(&http, base_url).await?;
     let tag = run_tag();
@@ -587,11 +588,12 @@ impl Visibility {
 
 pub(super) async fn measure_visibility(
     args: &BenchArgs,
+    access: &Access,
     base_url: &str,
     embedded: bool,
 ) -> anyhow::Result<BenchResult> {
     let clients = usize::try_from(args.clients).context("too many clients")?;
-    let http = bench_http(clients * 4)?;
+    let http = access.http(clients * 4)?;
     wait_until_ready(&http, base_url, if embedded { 10 } else { 0 }).await?;
     check_read_side(&http, base_url).await?;
     let tag = run_tag();
