@@ -162,6 +162,10 @@ The query scenarios need the bench's projection and query: the embedded server i
 started with them; a server given by --url must have them in its settings file
 (`cairn bench query --print-read-side` prints them as TOML).
 
+Against a server given by --url every request carries --token, whose scopes must be
+append and read (admin for the group scenario, which creates its group), and trusts
+--ca-cert; the embedded server needs neither.
+
 Examples:
   cairn bench
   cairn bench append-batch --batch-size 500 --clients 4 --duration 30s
@@ -482,6 +486,13 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7171"
     )]
     pub url: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
+
+/// What a client presents to a server: the CA it trusts and the token it sends.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Credentials {
     /// PEM file of a CA certificate to trust for https:// URLs, besides the system's (e.g. a private CA).
     #[arg(long, env = "CAIRN_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
@@ -915,20 +926,9 @@ pub struct BenchArgs {
     /// The server to load; an embedded server on a temporary directory when absent.
     #[arg(long, env = "CAIRN_URL", value_name = "URL")]
     pub url: Option<String>,
-    /// With --url: PEM file of a CA certificate to trust for an https:// URL, besides the
-    /// system's (e.g. a private CA).
-    #[arg(long, env = "CAIRN_CA_CERT", value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
-    /// With --url: API token sent as `Authorization: Bearer` by every request, for a
-    /// server with tokens configured. Its scopes: append and read (admin for the group
-    /// scenario, which creates its group).
-    #[arg(
-        long,
-        env = "CAIRN_TOKEN",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    /// With --url: the CA to trust and the token every request sends.
+    #[command(flatten)]
+    pub credentials: Credentials,
     /// Print the result as JSON on stdout (the human summary goes to stderr).
     #[arg(long)]
     pub json: bool,

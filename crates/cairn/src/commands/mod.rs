@@ -35,22 +35,24 @@ pub fn build_client(
     mut builder: cairn_client::ClientBuilder,
     args: &ClientArgs,
 ) -> anyhow::Result<Client> {
-    if let Some(path) = &args.ca_cert {
+    if let Some(path) = &args.credentials.ca_cert {
         let pem = std::fs::read(path)
             .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
         builder = builder.ca_certificate_pem(pem);
     }
-    if let Some(token) = &args.token {
+    if let Some(token) = &args.credentials.token {
         builder = builder.bearer_token(token.clone());
     }
-    builder.build().with_context(|| match &args.ca_cert {
-        Some(path) => format!(
-            "cannot use --url {} with --ca-cert {}",
-            args.url,
-            path.display()
-        ),
-        None => format!("cannot use --url {}", args.url),
-    })
+    builder
+        .build()
+        .with_context(|| match &args.credentials.ca_cert {
+            Some(path) => format!(
+                "cannot use --url {} with --ca-cert {}",
+                args.url,
+                path.display()
+            ),
+            None => format!("cannot use --url {}", args.url),
+        })
 }
 
 /// JSON Lines on stdout, buffered.

@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use http::HeaderValue;
 use serde::Serialize;
 
-use crate::cli::{BenchArgs, Scenario};
+use crate::cli::{BenchArgs, Credentials, Scenario};
 use crate::embedded::{RunningServer, ServerConfig};
 
 /// Streams the read scenario reads from.
@@ -364,9 +364,8 @@ fn micros_since(instant: Instant) -> u64 {
 struct Access {
     /// `Bearer <token>`, marked sensitive.
     authorization: Option<HeaderValue>,
-    ca_cert: Option<std::path::PathBuf>,
     ca_certificates: Vec<reqwest::Certificate>,
-    token: Option<String>,
+    credentials: Credentials,
 }
 
 impl Access {
@@ -374,7 +373,8 @@ impl Access {
         if embedded {
             return Ok(Self::default());
         }
-        let authorization = match &args.token {
+        let credentials = &args.credentials;
+        let authorization = match &credentials.token {
             Some(token) => {
                 let mut value =
                     HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -385,7 +385,7 @@ impl Access {
             }
             None => None,
         };
-        let ca_certificates = match &args.ca_cert {
+        let ca_certificates = match &credentials.ca_cert {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
@@ -405,9 +405,8 @@ impl Access {
         };
         Ok(Self {
             authorization,
-            ca_cert: args.ca_cert.clone(),
             ca_certificates,
-            token: args.token.clone(),
+            credentials: credentials.clone(),
         })
     }
 
@@ -439,8 +438,7 @@ impl Access {
             cairn_client::Client::builder(base_url),
             &crate::cli::ClientArgs {
                 url: base_url.to_owned(),
-                ca_cert: self.ca_cert.clone(),
-                token: self.token.clone(),
+                credentials: self.credentials.clone(),
             },
         )
     }
