@@ -42,7 +42,7 @@ pub struct LogSink {
 
 struct Pending {
     lines: Vec<u8>,
-    /// Lines dropped since the last write.
+    /// Lines dropped since the last write (for the warning that follows it).
     dropped: u64,
     /// The writing thread waits for a signal.
     asleep: bool,
@@ -76,6 +76,10 @@ impl LogSink {
         let mut pending = lock(&self.pending);
         if pending.lines.len() + line.len() > self.capacity {
             pending.dropped += 1;
+            drop(pending);
+            // Counted at once: while stderr is stuck, the metric is how anyone can tell.
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(cairn_server::metrics::LOG_LINES_DROPPED_TOTAL).increment(1);
             return;
         }
         pending.lines.extend_from_slice(line);
@@ -135,8 +139,6 @@ impl LogSink {
         let _ = out.write_all(spare).and_then(|()| out.flush());
         spare.clear();
         if dropped > 0 {
-            self.dropped_total.fetch_add(dropped, Ordering::Relaxed);
-            metrics::counter!(cairn_server::metrics::LOG_LINES_DROPPED_TOTAL).increment(dropped);
             // Buffered behind the lines just written, in the log's own format.
             tracing::warn!(
                 dropped,
@@ -283,6 +285,8 @@ mod tests {
         finished
             .recv_timeout(Duration::from_secs(10))
             .expect("logging did not wait for the output");
+        // Counted as they are dropped, while the output is still stuck.
+        assert!(sink.dropped_total() >= 800, "{}", sink.dropped_total());
 
         output.open();
         sink.flush();

@@ -19,7 +19,7 @@ const REQUESTS: usize = 2000;
 fn a_log_reader_that_stops_reading_never_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (server, stderr, address) = start_unread(&dir);
-    append_while_unread(&address);
+    append_while_unread(&address, "logged", REQUESTS);
 
     // Reading again: every request's line comes, whole and in order.
     let (lines, received) = mpsc::channel();
@@ -53,10 +53,31 @@ fn a_log_reader_that_stops_reading_never_stops_the_server() {
 }
 
 #[test]
-fn a_log_reader_that_stopped_reading_holds_the_exit_up_for_seconds_at_most() {
+fn lines_past_the_buffer_are_dropped_and_counted_and_the_exit_waits_seconds_at_most() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, stderr, address) = start_unread(&dir);
-    append_while_unread(&address);
+    // Past the 4 MiB buffer (~12,000 request lines): lines are dropped, and the metric
+    // says so while stderr is still stuck.
+    let loaders: Vec<_> = (0..4)
+        .map(|loader| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                append_while_unread(&address, &format!("load{loader}"), 4000)
+            })
+        })
+        .collect();
+    for loader in loaders {
+        loader.join().unwrap();
+    }
+    let (status, metrics) = http_get(&address, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("cairn_log_lines_dropped_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cairn_log_lines_dropped_total in {metrics}"));
+    assert!(dropped > 0.0, "{dropped} lines dropped");
+
     // Stopping logs a few more lines, which find stderr full: the process still ends
     // (within the 5 s it gives its log, plus the time to drain requests).
     let started = Instant::now();
@@ -130,18 +151,19 @@ fn start_unread(dir: &tempfile::TempDir) -> (Serving, BufReader<ChildStderr>, St
     }
 }
 
-/// [`REQUESTS`] appends, one at a time on one connection, each answered in time.
-fn append_while_unread(address: &str) {
+/// `count` appends to streams `{prefix}-{n}` (request ids the same), one at a time on
+/// one connection, each answered in time.
+fn append_while_unread(address: &str, prefix: &str, count: usize) {
     let mut connection = TcpStream::connect(address).unwrap();
     connection.set_nodelay(true).unwrap();
     connection
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let body = r#"{"events":[{"type":"Logged","data":{"n":1}}]}"#;
-    for n in 0..REQUESTS {
+    for n in 0..count {
         let request = format!(
-            "POST /v1/streams/logged-{n}/events HTTP/1.1\r\nHost: {address}\r\n\
-             Content-Type: application/json\r\nx-request-id: logged-{n}\r\n\
+            "POST /v1/streams/{prefix}-{n}/events HTTP/1.1\r\nHost: {address}\r\n\
+             Content-Type: application/json\r\nx-request-id: {prefix}-{n}\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
