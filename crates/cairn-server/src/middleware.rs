@@ -153,7 +153,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let parent = crate::trace::sampled_parent(request.headers());
     // Logs written while handling the request (a 5xx's detail, say) carry its context.
     macro_rules! request_span {
-        ($target:expr) => {
+        ($target:expr, $trace_id:expr) => {
             tracing::info_span!(
                 target: $target,
                 "request",
@@ -161,7 +161,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
                 route = route.as_ref(),
                 request_id = request_id.as_str(),
                 client_addr = client.map(tracing::field::display),
-                trace_id = Empty,
+                trace_id = $trace_id,
                 span_id = Empty,
                 token = Empty,
                 otel.name = Empty,
@@ -173,20 +173,26 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     }
     let exported = parent.is_some();
     let span = if exported {
-        let span = request_span!("cairn::http");
+        let span = request_span!("cairn::http", Empty);
         // Before the span starts: the exporter names it now.
         span.record("otel.name", format!("{method} {route}").as_str());
         span.record("otel.kind", "server");
         span
     } else {
-        request_span!(crate::trace::UNTRACED_TARGET)
+        // The trace id, if any, is the header's: given to the span as it is made, since
+        // the log's JSON formatter adds a field later by rewriting all of them.
+        let trace_id =
+            crate::extract::traceparent(request.headers()).map(crate::extract::trace_id_of);
+        request_span!(crate::trace::UNTRACED_TARGET, trace_id)
     };
     let trace = crate::trace::continue_trace(&span, parent, request.headers());
-    if let Some(trace_id) = &trace.trace_id {
-        span.record("trace_id", trace_id.as_str());
-    }
-    if let Some(span_id) = &trace.span_id {
-        span.record("span_id", span_id.as_str());
+    if exported {
+        if let Some(trace_id) = &trace.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        if let Some(span_id) = &trace.span_id {
+            span.record("span_id", span_id.as_str());
+        }
     }
     // The body bytes the handler reads (none for a request without a body).
     let received = Arc::new(AtomicU64::new(0));

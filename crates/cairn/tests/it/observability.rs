@@ -855,3 +855,54 @@ fn no_secret_or_payload_reaches_a_log_line_or_a_span() {
         }
     }
 }
+
+/// A line logged while a request is handled carries the request's fields under `span`:
+/// its id, its route and, for a request that is not traced, the trace id of its
+/// `traceparent`.
+#[test]
+fn lines_logged_inside_a_request_carry_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--rate-limit-per-second",
+            "0.001",
+            "--rate-limit-burst",
+            "1",
+        ],
+    );
+    let address = server.address().to_owned();
+    // The second request at the latest is over the limit, and its refusal is logged
+    // inside its span.
+    for n in 0..2 {
+        request(
+            &address,
+            "GET",
+            "/v1/streams",
+            &[
+                ("x-request-id", &format!("limited-{n}")),
+                ("traceparent", &traceparent()),
+            ],
+            "",
+        );
+    }
+    let logs = server.wait_for_logs(|logs| {
+        logs.iter()
+            .any(|line| line.contains("\"message\":\"rate limited\""))
+    });
+    let line: Value = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|log| log["message"] == "rate limited")
+        .unwrap();
+    let span = &line["span"];
+    assert!(
+        span["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("limited-")),
+        "{line}"
+    );
+    assert_eq!(span["route"], "/v1/streams", "{line}");
+    assert_eq!(span["trace_id"], TRACE_ID, "{line}");
+}
