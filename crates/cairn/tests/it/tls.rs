@@ -218,16 +218,30 @@ fn cairn_bench_loads_an_https_server_that_trusts_its_ca_cert() {
         "{}",
         stderr(&untrusted)
     );
-    // A file that is not a certificate is refused with its name.
-    let bad = dir.path().join("not-a-cert.pem");
-    std::fs::write(&bad, "hello").unwrap();
-    let refused = run(&["bench", "--url", &server.url, "--ca-cert", path(&bad)]);
-    assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("not-a-cert.pem"),
-        "{}",
-        stderr(&refused)
-    );
+    // A file that is not a certificate, a broken one and a missing one are refused
+    // with their names, before any request.
+    let not_pem = dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (file, says) in [
+        (&not_pem, "no -----BEGIN CERTIFICATE----- block"),
+        (&broken, "not a PEM certificate"),
+        (&missing, "cannot read --ca-cert"),
+    ] {
+        let refused = run(&["bench", "--url", &server.url, "--ca-cert", path(file)]);
+        assert!(!refused.status.success());
+        let message = stderr(&refused);
+        assert!(
+            message.contains(says) && message.contains(path(file)),
+            "{message}"
+        );
+    }
 }
 
 #[test]
