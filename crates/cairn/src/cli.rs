@@ -338,7 +338,7 @@ pub struct ServeArgs {
     /// Log format [default: json when stderr is not a terminal, pretty otherwise].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_name = "FORMAT", value_parser = ["json", "pretty"])]
     pub log_format: Option<String>,
-    /// Log level or filter, e.g. info, debug, cairn_server=debug [default: info]. RUST_LOG wins when set.
+    /// Log level or filter, e.g. info, debug, cairn_server=debug [default: info: a line per request; warn leaves them out]. RUST_LOG wins when set.
     #[arg(long, env = "CAIRN_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// How long idempotency keys are remembered, e.g. 24h, 30m [default: 24h].
