@@ -53,6 +53,29 @@ pub struct ClientBuilder {
     bearer_token: Option<String>,
 }
 
+/// `Authorization: Bearer <token>`, marked sensitive: what a client with an API token
+/// sends with every request (for HTTP clients of one's own, such as `cairn bench`'s).
+pub fn bearer_header(token: &str) -> Result<HeaderValue, ClientError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        ClientError::Invalid("the API token holds characters a header cannot carry".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The CA certificates of a PEM text (one or more `-----BEGIN CERTIFICATE-----`
+/// blocks); text without one is an error.
+pub fn ca_certificates_of(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let certificates = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|error| ClientError::Invalid(format!("invalid CA certificate: {error}")))?;
+    if certificates.is_empty() {
+        return Err(ClientError::Invalid(
+            "invalid CA certificate: no -----BEGIN CERTIFICATE----- block found".into(),
+        ));
+    }
+    Ok(certificates)
+}
+
 impl ClientBuilder {
     /// The whole-request timeout (default 30 s). A write that times out is retried with
     /// the same idempotency key.
@@ -112,23 +135,11 @@ impl ClientBuilder {
         let base = parse_base_url(&self.base_url)?;
         let mut headers = HeaderMap::new();
         if let Some(token) = &self.bearer_token {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ClientError::Invalid("the API token holds characters a header cannot carry".into())
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, bearer_header(token)?);
         }
         let mut ca_certificates = Vec::new();
         for pem in &self.ca_certificates {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
-                ClientError::Invalid(format!("invalid CA certificate: {error}"))
-            })?;
-            if certificates.is_empty() {
-                return Err(ClientError::Invalid(
-                    "invalid CA certificate: no -----BEGIN CERTIFICATE----- block found".into(),
-                ));
-            }
-            ca_certificates.extend(certificates);
+            ca_certificates.extend(ca_certificates_of(pem)?);
         }
         let builder = || {
             let mut http = reqwest::Client::builder()

@@ -52,6 +52,7 @@ pub use cairn_api::{
 };
 pub use client::{
     Client, ClientBuilder, Direction, ReadAllOptions, ReadStreamOptions, WriteOptions, Written,
+    bearer_header, ca_certificates_of,
 };
 pub use decider::{DecideError, DecideOptions, Decided};
 pub use error::ClientError;

@@ -231,7 +231,7 @@ fn cairn_bench_loads_an_https_server_that_trusts_its_ca_cert() {
     let missing = dir.path().join("missing.pem");
     for (file, says) in [
         (&not_pem, "no -----BEGIN CERTIFICATE----- block"),
-        (&broken, "not a PEM certificate"),
+        (&broken, "invalid CA certificate"),
         (&missing, "cannot read --ca-cert"),
     ] {
         let refused = run(&["bench", "--url", &server.url, "--ca-cert", path(file)]);

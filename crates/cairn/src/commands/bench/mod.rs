@@ -375,31 +375,15 @@ impl Access {
         }
         let credentials = &args.credentials;
         let authorization = match &credentials.token {
-            Some(token) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        anyhow::anyhow!("--token holds characters a header cannot carry")
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
+            Some(token) => Some(cairn_client::bearer_header(token).context("--token")?),
             None => None,
         };
         let ca_certificates = match &credentials.ca_cert {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
-                let certificates =
-                    reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                        format!("--ca-cert {}: not a PEM certificate", path.display())
-                    })?;
-                if certificates.is_empty() {
-                    bail!(
-                        "--ca-cert {}: no -----BEGIN CERTIFICATE----- block found",
-                        path.display()
-                    );
-                }
-                certificates
+                cairn_client::ca_certificates_of(&pem)
+                    .with_context(|| format!("--ca-cert {}", path.display()))?
             }
             None => Vec::new(),
         };
