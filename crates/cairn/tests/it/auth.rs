@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{Server, cairn, ok, run, stderr, stdout};
 
@@ -219,28 +219,17 @@ fn metrics_can_be_made_public() {
 
 /// Waits until a log line says `message` for the `count`-th time.
 fn wait_for_log(server: &Server, message: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = server
-            .logs()
-            .iter()
+    server.wait_for_logs(|logs| {
+        logs.iter()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|log| {
                 log["message"]
                     .as_str()
                     .is_some_and(|m| m.starts_with(message))
             })
-            .count();
-        if seen >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {message:?}: {:#?}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .count()
+            >= count
+    });
 }
 
 #[test]

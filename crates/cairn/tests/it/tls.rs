@@ -76,15 +76,7 @@ fn start_tls(data_dir: &Path, pki: &Pki, extra: &[&str]) -> Server {
 }
 
 fn wait_for_log(server: &Server, message: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server.logs().iter().any(|line| line.contains(message)) {
-        assert!(
-            Instant::now() < deadline,
-            "no {message:?}: {:#?}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_logs(|logs| logs.iter().any(|line| line.contains(message)));
 }
 
 #[test]
