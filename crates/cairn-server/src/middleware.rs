@@ -172,28 +172,29 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         };
     }
     let exported = parent.is_some();
-    let span = if exported {
-        let span = request_span!("cairn::http", Empty);
-        // Before the span starts: the exporter names it now.
-        span.record("otel.name", format!("{method} {route}").as_str());
-        span.record("otel.kind", "server");
-        span
-    } else {
-        // The trace id, if any, is the header's: given to the span as it is made, since
-        // the log's JSON formatter adds a field later by rewriting all of them.
-        let trace_id =
-            crate::extract::traceparent(request.headers()).map(crate::extract::trace_id_of);
-        request_span!(crate::trace::UNTRACED_TARGET, trace_id)
+    let (span, trace) = match parent {
+        Some(parent) => {
+            let span = request_span!("cairn::http", Empty);
+            // Before the span starts: the exporter names it now.
+            span.record("otel.name", format!("{method} {route}").as_str());
+            span.record("otel.kind", "server");
+            let trace = crate::trace::continue_trace(&span, Some(parent), request.headers());
+            if let Some(trace_id) = &trace.trace_id {
+                span.record("trace_id", trace_id.as_str());
+            }
+            if let Some(span_id) = &trace.span_id {
+                span.record("span_id", span_id.as_str());
+            }
+            (span, trace)
+        }
+        None => {
+            // The trace id, if any, is the header's: given to the span as it is made,
+            // since the log's JSON formatter adds a field later by rewriting all of them.
+            let trace = crate::trace::header_trace(request.headers());
+            let span = request_span!(crate::trace::UNTRACED_TARGET, trace.trace_id.as_deref());
+            (span, trace)
+        }
     };
-    let trace = crate::trace::continue_trace(&span, parent, request.headers());
-    if exported {
-        if let Some(trace_id) = &trace.trace_id {
-            span.record("trace_id", trace_id.as_str());
-        }
-        if let Some(span_id) = &trace.span_id {
-            span.record("span_id", span_id.as_str());
-        }
-    }
     // The body bytes the handler reads (none for a request without a body).
     let received = Arc::new(AtomicU64::new(0));
     if !request.body().is_end_stream() {

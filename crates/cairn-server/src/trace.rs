@@ -154,12 +154,7 @@ pub fn continue_trace(
     headers: &HeaderMap,
 ) -> RequestTrace {
     let Some(parent) = parent else {
-        let trace_id = crate::extract::traceparent(headers)
-            .map(|value| crate::extract::trace_id_of(value).to_owned());
-        return RequestTrace {
-            trace_id,
-            span_id: None,
-        };
+        return header_trace(headers);
     };
     // Fails only for a span no layer records (then there is nothing to continue).
     let _ = span.set_parent(parent);
@@ -169,6 +164,16 @@ pub fn continue_trace(
             span_id: Some(context.span_id().to_string()),
         },
         None => RequestTrace::default(),
+    }
+}
+
+/// The ids to log of a request that is not traced: its `traceparent` header's trace
+/// id, if it has a valid one, and no span id.
+pub fn header_trace(headers: &HeaderMap) -> RequestTrace {
+    RequestTrace {
+        trace_id: crate::extract::traceparent(headers)
+            .map(|value| crate::extract::trace_id_of(value).to_owned()),
+        span_id: None,
     }
 }
 
