@@ -30,6 +30,52 @@ fn bench_against_the_embedded_server_prints_json() {
     }
 }
 
+/// The load clients are spread over threads of their own: every one of them runs, and
+/// what the threads count is exactly what the server stored.
+#[test]
+fn every_load_client_appends_and_every_counted_event_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::Server::start(&dir.path().join("data"));
+    let result = bench_json(&[
+        "bench",
+        "--url",
+        &server.url,
+        "--duration",
+        "1s",
+        "--clients",
+        "5",
+        "--payload-bytes",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(result["errors"], 0, "{result:#}");
+    let counted = result["events"].as_u64().unwrap();
+    let mut streams = std::collections::BTreeMap::<String, u64>::new();
+    let mut from = 1;
+    loop {
+        let (status, body) = crate::support::http_get(
+            server.address(),
+            &format!("/v1/events?from_position={from}&limit=1000"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let events = page["events"].as_array().unwrap();
+        for event in events {
+            *streams
+                .entry(event["stream"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if events.is_empty() {
+            break;
+        }
+        from = page["next_from_position"].as_u64().unwrap();
+    }
+    assert_eq!(streams.len(), 5, "one stream per client: {streams:?}");
+    assert!(streams.values().all(|&events| events > 0), "{streams:?}");
+    assert_eq!(streams.values().sum::<u64>(), counted, "{streams:?}");
+}
+
 #[test]
 fn the_read_and_batch_scenarios_run_too() {
     for (scenario, per_request) in [("read", 100), ("append-batch", 10)] {

@@ -246,22 +246,17 @@ async fn measure(
         ProgressKind::Requests,
         progress_done.clone(),
     ));
-    let workers: Vec<_> = plans
-        .into_iter()
-        .map(|plan| {
-            tokio::spawn(worker(
-                target.client(),
-                plan,
-                events_per_request as u64,
-                deadline,
-                counters.clone(),
-            ))
-        })
-        .collect();
+    let outcomes = run_clients(
+        plans,
+        &target,
+        events_per_request as u64,
+        deadline,
+        &counters,
+    )
+    .await?;
     let mut histogram = new_histogram();
     let mut error_samples = Vec::new();
-    for handle in workers {
-        let outcome = handle.await.context("a bench client panicked")?;
+    for outcome in outcomes {
         histogram
             .add(&outcome.histogram)
             .context("cannot merge latency histograms")?;
@@ -500,6 +495,84 @@ enum Plan {
 struct WorkerOutcome {
     histogram: Histogram<u64>,
     errors: Vec<String>,
+}
+
+/// Runs one load client per plan until the deadline. Plain HTTP clients run on
+/// threads of their own, one per core, each with a single-threaded runtime (as `wrk`'s
+/// threads each run an event loop): a request and its answer never hop between
+/// threads, which on a multi-threaded runtime cost the load generator a fifth more of
+/// the CPU it shares with the server. `https://` clients share reqwest's pool, which
+/// lives on the command's runtime, so they run there.
+async fn run_clients(
+    plans: Vec<Plan>,
+    target: &conn::Target,
+    events_per_request: u64,
+    deadline: Instant,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<Vec<WorkerOutcome>> {
+    if matches!(target, conn::Target::Pooled { .. }) {
+        let workers: Vec<_> = plans
+            .into_iter()
+            .map(|plan| {
+                let client = worker(
+                    target.client(),
+                    plan,
+                    events_per_request,
+                    deadline,
+                    counters.clone(),
+                );
+                tokio::spawn(client)
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(workers.len());
+        for handle in workers {
+            outcomes.push(handle.await.context("a bench client panicked")?);
+        }
+        return Ok(outcomes);
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, plans.len().max(1));
+    let mut groups: Vec<Vec<Plan>> = (0..threads).map(|_| Vec::new()).collect();
+    for (index, plan) in plans.into_iter().enumerate() {
+        groups[index % threads].push(plan);
+    }
+    let mut finished = Vec::with_capacity(threads);
+    for group in groups {
+        let (target, counters) = (target.clone(), counters.clone());
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("cairn-bench-load".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let outcomes = runtime.map(|runtime| {
+                    runtime.block_on(futures::future::join_all(group.into_iter().map(|plan| {
+                        worker(
+                            target.client(),
+                            plan,
+                            events_per_request,
+                            deadline,
+                            counters.clone(),
+                        )
+                    })))
+                });
+                // The receiver only goes away if the command itself stopped.
+                let _ = done.send(outcomes);
+            })
+            .context("cannot start a load thread")?;
+        finished.push(outcome);
+    }
+    let mut outcomes = Vec::new();
+    for outcome in finished {
+        let group = outcome
+            .await
+            .context("a load thread stopped before its clients finished")?
+            .context("cannot start a load thread's runtime")?;
+        outcomes.extend(group);
+    }
+    Ok(outcomes)
 }
 
 fn new_histogram() -> Histogram<u64> {
