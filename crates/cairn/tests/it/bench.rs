@@ -50,26 +50,13 @@ fn every_load_client_appends_and_every_counted_event_is_stored() {
     ]);
     assert_eq!(result["errors"], 0, "{result:#}");
     let counted = result["events"].as_u64().unwrap();
+    let client = cairn_client::Client::new(&server.url).unwrap();
+    let log = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::read_whole_log(&client));
     let mut streams = std::collections::BTreeMap::<String, u64>::new();
-    let mut from = 1;
-    loop {
-        let (status, body) = crate::support::http_get(
-            server.address(),
-            &format!("/v1/events?from_position={from}&limit=1000"),
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{body}");
-        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let events = page["events"].as_array().unwrap();
-        for event in events {
-            *streams
-                .entry(event["stream"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        if events.is_empty() {
-            break;
-        }
-        from = page["next_from_position"].as_u64().unwrap();
+    for event in &log {
+        *streams.entry(event.stream.clone()).or_default() += 1;
     }
     assert_eq!(streams.len(), 5, "one stream per client: {streams:?}");
     assert!(streams.values().all(|&events| events > 0), "{streams:?}");

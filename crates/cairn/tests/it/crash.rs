@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_client::{Client, EventInputExt, ExpectedVersion, ReadAllOptions, event};
+use cairn_client::{Client, EventInputExt, ExpectedVersion, event};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::Server;
+use crate::support::{Server, read_whole_log};
 
 const CLIENTS: usize = 16;
 const SHARED_STREAM: &str = "crash-shared";
@@ -188,24 +188,4 @@ async fn write_until_failure(
         acked_count.fetch_add(count, Ordering::SeqCst);
     }
     acked
-}
-
-async fn read_whole_log(client: &Client) -> Vec<cairn_client::Event> {
-    let mut log = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = client
-            .read_all(&ReadAllOptions {
-                from_position: Some(from),
-                limit: Some(1000),
-                ..ReadAllOptions::default()
-            })
-            .await
-            .unwrap();
-        log.extend(page.events);
-        if page.next_from_position > page.head_position || page.next_from_position <= from {
-            return log;
-        }
-        from = page.next_from_position;
-    }
 }

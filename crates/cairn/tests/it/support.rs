@@ -386,3 +386,24 @@ pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, body)| body.to_owned())?;
     Some((status, body))
 }
+
+/// Every event in the log, read page by page from the start.
+pub async fn read_whole_log(client: &cairn_client::Client) -> Vec<cairn_client::Event> {
+    let mut log = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = client
+            .read_all(&cairn_client::ReadAllOptions {
+                from_position: Some(from),
+                limit: Some(1000),
+                ..cairn_client::ReadAllOptions::default()
+            })
+            .await
+            .unwrap();
+        log.extend(page.events);
+        if page.next_from_position > page.head_position || page.next_from_position <= from {
+            return log;
+        }
+        from = page.next_from_position;
+    }
+}
