@@ -499,10 +499,11 @@ struct WorkerOutcome {
 
 /// Runs one load client per plan until the deadline. Plain HTTP clients run on
 /// threads of their own, one per core, each with a single-threaded runtime (as `wrk`'s
-/// threads each run an event loop): a request and its answer never hop between
-/// threads, which on a multi-threaded runtime cost the load generator a fifth more of
-/// the CPU it shares with the server. `https://` clients share reqwest's pool, which
-/// lives on the command's runtime, so they run there.
+/// threads each run an event loop), so a request and its answer never hop between
+/// threads: against the command's multi-threaded runtime this gave ~10% more appends
+/// at 64 clients for the same CPU per request (BENCHMARKS.md, "The load clients'
+/// threads"). `https://` clients share reqwest's pool, which lives on the command's
+/// runtime, so they run there.
 async fn run_clients(
     plans: Vec<Plan>,
     target: &conn::Target,
@@ -514,14 +515,13 @@ async fn run_clients(
         let workers: Vec<_> = plans
             .into_iter()
             .map(|plan| {
-                let client = worker(
-                    target.client(),
+                tokio::spawn(client_loop(
+                    target,
                     plan,
                     events_per_request,
                     deadline,
-                    counters.clone(),
-                );
-                tokio::spawn(client)
+                    counters,
+                ))
             })
             .collect();
         let mut outcomes = Vec::with_capacity(workers.len());
@@ -549,13 +549,7 @@ async fn run_clients(
                     .build();
                 let outcomes = runtime.map(|runtime| {
                     runtime.block_on(futures::future::join_all(group.into_iter().map(|plan| {
-                        worker(
-                            target.client(),
-                            plan,
-                            events_per_request,
-                            deadline,
-                            counters.clone(),
-                        )
+                        client_loop(&target, plan, events_per_request, deadline, &counters)
                     })))
                 });
                 // The receiver only goes away if the command itself stopped.
@@ -573,6 +567,23 @@ async fn run_clients(
         outcomes.extend(group);
     }
     Ok(outcomes)
+}
+
+/// One load client: `plan`'s requests on a connection of its own until the deadline.
+fn client_loop(
+    target: &conn::Target,
+    plan: Plan,
+    events_per_request: u64,
+    deadline: Instant,
+    counters: &Arc<Counters>,
+) -> impl std::future::Future<Output = WorkerOutcome> + Send + 'static {
+    worker(
+        target.client(),
+        plan,
+        events_per_request,
+        deadline,
+        counters.clone(),
+    )
 }
 
 fn new_histogram() -> Histogram<u64> {
