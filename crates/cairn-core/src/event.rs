@@ -86,9 +86,9 @@ pub struct RecordedEvent {
 /// valid JSON; string contents are left untouched.
 pub fn compact_json(json: &str) -> String {
     let bytes = json.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    // Most bodies are compact already: two vectorised scans find that out.
+    if memchr::memchr3(b' ', b'\n', b'\r', bytes).is_none()
+        && memchr::memchr(b'\t', bytes).is_none()
     {
         return json.to_owned();
     }
@@ -125,21 +125,11 @@ pub fn compact_json(json: &str) -> String {
 pub fn json_depth(bytes: &[u8]) -> usize {
     let mut depth = 0usize;
     let mut deepest = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => at = past_string(bytes, at),
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -149,6 +139,23 @@ pub fn json_depth(bytes: &[u8]) -> usize {
         }
     }
     deepest
+}
+
+/// Where the string whose contents begin at `at` ends: just past its closing quote, or
+/// the end of `bytes` when it is not closed. Jumps from one quote or backslash to the
+/// next (a vectorised search), since event payloads are mostly string contents.
+fn past_string(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(rest) = bytes.get(at..) {
+        let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
+            break;
+        };
+        at += found;
+        if rest.get(found) == Some(&b'"') {
+            return at + 1;
+        }
+        at += 2; // the backslash and the byte it escapes
+    }
+    bytes.len()
 }
 
 #[cfg(test)]
@@ -180,7 +187,44 @@ mod tests {
         assert!(Tag::validate_all(&vec!["t".into(); MAX_TAGS + 1]).is_err());
     }
 
+    /// `json_depth` as the plain byte-by-byte walk it speeds up.
+    fn depth_byte_by_byte(bytes: &[u8]) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+        for &byte in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
     proptest! {
+        #[test]
+        fn depth_agrees_with_the_byte_by_byte_walk(
+            bytes in proptest::collection::vec(prop_oneof![
+                Just(b'"'), Just(b'\\'), Just(b'['), Just(b']'), Just(b'{'), Just(b'}'),
+                Just(b'x'), Just(b' '),
+            ], 0..64)
+        ) {
+            prop_assert_eq!(json_depth(&bytes), depth_byte_by_byte(&bytes));
+        }
+
         #[test]
         fn compacting_preserves_the_value(value in arb_json()) {
             let pretty = serde_json::to_string_pretty(&value).unwrap();
