@@ -2,9 +2,11 @@
 //! Prometheus recorder that `/metrics` renders.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter `{method, route, status}`: HTTP requests answered.
@@ -252,6 +254,16 @@ pub fn render() -> String {
     text
 }
 
+/// The request metrics' handles, by method, route template and status code.
+type RequestMetrics = HashMap<(&'static str, Cow<'static, str>, u16), (Counter, Histogram)>;
+
+/// Handles registered by the first request of each method, route and status. The
+/// `counter!` and `histogram!` macros build a labelled metric's key and look it up in
+/// the recorder's registry on every call, a cost every request paid; the label sets are
+/// few (routes are templates), so requests keep the handles instead. They belong to the
+/// recorder in place at registration: in a server, the process's ([`install`]).
+static REQUEST_METRICS: LazyLock<RwLock<RequestMetrics>> = LazyLock::new(Default::default);
+
 /// Records one answered request. `route` is a route template, never a raw path.
 pub fn record_request(
     method: &http::Method,
@@ -260,19 +272,35 @@ pub fn record_request(
     elapsed: Duration,
 ) {
     let method = method_label(method);
-    metrics::counter!(
+    let key = (method, route, status.as_u16());
+    let seconds = elapsed.as_secs_f64();
+    let known = REQUEST_METRICS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((requests, duration)) = known.get(&key) {
+        requests.increment(1);
+        duration.record(seconds);
+        return;
+    }
+    drop(known);
+    let (method, route, code) = key;
+    let requests = metrics::counter!(
         HTTP_REQUESTS_TOTAL,
         "method" => method,
         "route" => route.clone(),
         "status" => status_label(status),
-    )
-    .increment(1);
-    metrics::histogram!(
+    );
+    let duration = metrics::histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         "method" => method,
-        "route" => route,
-    )
-    .record(elapsed.as_secs_f64());
+        "route" => route.clone(),
+    );
+    requests.increment(1);
+    duration.record(seconds);
+    REQUEST_METRICS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((method, route, code), (requests, duration));
 }
 
 fn method_label(method: &http::Method) -> &'static str {
@@ -305,4 +333,55 @@ fn status_label(status: http::StatusCode) -> Cow<'static, str> {
         504 => "504",
         other => return Cow::Owned(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A series' value as `/metrics` renders it.
+    fn value_of(rendered: &str, series: &str) -> Option<f64> {
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn requests_count_once_each_also_through_the_kept_handles() {
+        let handle = install();
+        let route = || Cow::Owned("/test/kept-handles".to_owned());
+        for _ in 0..3 {
+            record_request(
+                &http::Method::POST,
+                route(),
+                http::StatusCode::CREATED,
+                Duration::from_millis(2),
+            );
+        }
+        record_request(
+            &http::Method::POST,
+            route(),
+            http::StatusCode::CONFLICT,
+            Duration::from_millis(1),
+        );
+        let rendered = handle.render();
+        let labels = r#"{method="POST",route="/test/kept-handles""#;
+        let series = |name: &str, rest: &str| format!("{name}{labels}{rest}");
+        assert_eq!(
+            value_of(&rendered, &series(HTTP_REQUESTS_TOTAL, r#",status="201"}"#)),
+            Some(3.0),
+            "{rendered}"
+        );
+        assert_eq!(
+            value_of(&rendered, &series(HTTP_REQUESTS_TOTAL, r#",status="409"}"#)),
+            Some(1.0),
+            "{rendered}"
+        );
+        let count = format!("{HTTP_REQUEST_DURATION_SECONDS}_count");
+        assert_eq!(
+            value_of(&rendered, &series(&count, "}")),
+            Some(4.0),
+            "{rendered}"
+        );
+    }
 }
