@@ -19,10 +19,10 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
-use axum::middleware::Next;
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use cairn_api::ErrorCode;
@@ -416,10 +416,14 @@ fn check_grants(
 /// The authentication middleware: resolves the caller from `Authorization: Bearer …`,
 /// checks the route's scope and the token's stream grants, and leaves the [`Caller`]
 /// in the request's extensions. Does nothing when no token is configured.
-pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn authenticate<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut + Send,
+    Fut: Future<Output = Response> + Send,
+{
     let tokens = state.auth.tokens();
     if tokens.is_empty() {
-        return next.run(request).await;
+        return next(request).await;
     }
     let route = request
         .extensions()
@@ -431,7 +435,7 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         state.auth.metrics_public,
     );
     if need == Need::Open {
-        return next.run(request).await;
+        return next(request).await;
     }
     let secret = request
         .headers()
@@ -456,13 +460,17 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
 }
 
 /// Checks an authenticated request's scope and stream grants, then runs it as `token`.
-async fn authorize(
+async fn authorize<F, Fut>(
     token: Arc<ApiToken>,
     need: Need,
     route: Option<&str>,
     request: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut + Send,
+    Fut: Future<Output = Response> + Send,
+{
     let (mut parts, body) = request.into_parts();
     if let Need::Scope(scope) = need {
         if !token.allows(scope) {
@@ -490,7 +498,7 @@ async fn authorize(
         }
     }
     parts.extensions.insert(Caller(Some(token)));
-    next.run(Request::from_parts(parts, body)).await
+    next(Request::from_parts(parts, body)).await
 }
 
 #[cfg(test)]

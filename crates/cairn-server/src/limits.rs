@@ -11,14 +11,14 @@
 //! the server knows it), else one shared bucket.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use cairn_api::ErrorCode;
 use futures::StreamExt;
@@ -204,7 +204,11 @@ fn caller_key(request: &Request) -> String {
 }
 
 /// The limits middleware; runs after authentication (it knows the caller).
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn guard<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut + Send,
+    Fut: Future<Output = Response> + Send,
+{
     let guard = Arc::clone(&state.guard);
     let route = request
         .extensions()
@@ -212,7 +216,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         .map(|matched| matched.as_str().to_owned());
     let route = route.as_deref();
     if matches!(route, Some(routes::HEALTH_LIVE | routes::HEALTH_READY)) {
-        return next.run(request).await;
+        return next(request).await;
     }
     // Who the caller is matters only to the limits kept per caller.
     if guard.limits.rate_limit_per_second.is_some()
@@ -229,7 +233,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                     "too many live subscriptions for this caller; close one first",
                 );
             };
-            let response = next.run(request).await;
+            let response = next(request).await;
             // The slot lives as long as the event stream.
             let (parts, body) = response.into_parts();
             let body = Body::from_stream(body.into_data_stream().map(move |frame| {
@@ -246,7 +250,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                     "too many group claims in progress for this caller; wait for one to finish",
                 );
             };
-            next.run(request).await
+            next(request).await
         }
         _ => {
             let Ok(_permit) = Arc::clone(&guard.slots).try_acquire_owned() else {
@@ -257,7 +261,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                 )
                 .into_response();
             };
-            next.run(request).await
+            next(request).await
         }
     }
 }

@@ -15,6 +15,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,7 +141,11 @@ fn is_valid_request_id(id: &str) -> bool {
 /// The handler runs inside this task's future, so the check of the commitment after
 /// the timer fired cannot race with the handler: either it committed in an earlier
 /// poll (and is waited for) or it has not handed anything over (and is dropped).
-pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn observe<F, Fut>(state: &AppState, mut request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut + Send,
+    Fut: Future<Output = Response> + Send,
+{
     let started = Instant::now();
     let method = request.method().clone();
     let route = route_label(request.extensions().get::<MatchedPath>());
@@ -215,9 +220,9 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     request.extensions_mut().insert(allowance.clone());
     let response = async move {
         if timeout.is_zero() {
-            return next.run(request).await;
+            return next(request).await;
         }
-        let mut handler = std::pin::pin!(next.run(request));
+        let mut handler = std::pin::pin!(next(request));
         let mut deadline = tokio::time::Instant::from_std(started) + timeout;
         loop {
             match tokio::time::timeout_at(deadline, handler.as_mut()).await {
@@ -285,6 +290,20 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     );
     record_request(&method, route, status, elapsed);
     response
+}
+
+/// The request middleware as one layer, outermost first: [`observe`] (the time limit,
+/// the log line, the metrics), [`crate::auth::authenticate`], then
+/// [`crate::limits::guard`]. One layer, not three: every axum layer clones the service
+/// inside it and boxes its future on every request.
+pub async fn stack(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let state = &state;
+    observe(state, request, |request| {
+        crate::auth::authenticate(state, request, |request| {
+            crate::limits::guard(state, request, |request| next.run(request))
+        })
+    })
+    .await
 }
 
 /// The route template as a metric label; never the raw path.

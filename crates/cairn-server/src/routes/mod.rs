@@ -91,7 +91,8 @@ fn group_routes(state: &AppState) -> Router<AppState> {
 }
 
 /// The whole application with its middleware: observation (log line, metrics,
-/// timeout) outermost, then panic capture, then routing.
+/// timeout), authentication and limits outermost, in one layer
+/// ([`middleware::stack`]), then panic capture, then the handler.
 pub fn router(state: AppState) -> Router {
     let openapi = ops::OpenApiDocument(Bytes::from(crate::openapi::document_json(
         &state.limits,
@@ -131,15 +132,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::limits::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::observe,
+            middleware::stack,
         ))
         .with_state(state)
 }
