@@ -19,7 +19,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
@@ -32,6 +31,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::middleware::Inner;
 use crate::routes;
 
 /// What a token may do.
@@ -416,11 +416,7 @@ fn check_grants(
 /// The authentication middleware: resolves the caller from `Authorization: Bearer …`,
 /// checks the route's scope and the token's stream grants, and leaves the [`Caller`]
 /// in the request's extensions. Does nothing when no token is configured.
-pub async fn authenticate<F, Fut>(state: &AppState, request: Request, next: F) -> Response
-where
-    F: FnOnce(Request) -> Fut + Send,
-    Fut: Future<Output = Response> + Send,
-{
+pub async fn authenticate(state: &AppState, request: Request, next: impl Inner) -> Response {
     let tokens = state.auth.tokens();
     if tokens.is_empty() {
         return next(request).await;
@@ -460,17 +456,13 @@ where
 }
 
 /// Checks an authenticated request's scope and stream grants, then runs it as `token`.
-async fn authorize<F, Fut>(
+async fn authorize(
     token: Arc<ApiToken>,
     need: Need,
     route: Option<&str>,
     request: Request,
-    next: F,
-) -> Response
-where
-    F: FnOnce(Request) -> Fut + Send,
-    Fut: Future<Output = Response> + Send,
-{
+    next: impl Inner,
+) -> Response {
     let (mut parts, body) = request.into_parts();
     if let Need::Scope(scope) = need {
         if !token.allows(scope) {

@@ -11,7 +11,6 @@
 //! the server knows it), else one shared bucket.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +27,7 @@ use tokio::sync::Semaphore;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::middleware::Inner;
 use crate::routes;
 
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
@@ -204,11 +204,7 @@ fn caller_key(request: &Request) -> String {
 }
 
 /// The limits middleware; runs after authentication (it knows the caller).
-pub async fn guard<F, Fut>(state: &AppState, request: Request, next: F) -> Response
-where
-    F: FnOnce(Request) -> Fut + Send,
-    Fut: Future<Output = Response> + Send,
-{
+pub async fn guard(state: &AppState, request: Request, next: impl Inner) -> Response {
     let guard = Arc::clone(&state.guard);
     let route = request
         .extensions()

@@ -141,11 +141,7 @@ fn is_valid_request_id(id: &str) -> bool {
 /// The handler runs inside this task's future, so the check of the commitment after
 /// the timer fired cannot race with the handler: either it committed in an earlier
 /// poll (and is waited for) or it has not handed anything over (and is dropped).
-pub async fn observe<F, Fut>(state: &AppState, mut request: Request, next: F) -> Response
-where
-    F: FnOnce(Request) -> Fut + Send,
-    Fut: Future<Output = Response> + Send,
-{
+pub async fn observe(state: &AppState, mut request: Request, next: impl Inner) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = route_label(request.extensions().get::<MatchedPath>());
@@ -290,6 +286,20 @@ where
     );
     record_request(&method, route, status, elapsed);
     response
+}
+
+/// What a middleware of [`stack`] runs the request with: the middleware inside it, then
+/// the handler.
+pub trait Inner: FnOnce(Request) -> Self::Answer + Send {
+    type Answer: Future<Output = Response> + Send;
+}
+
+impl<F, A> Inner for F
+where
+    F: FnOnce(Request) -> A + Send,
+    A: Future<Output = Response> + Send,
+{
+    type Answer = A;
 }
 
 /// The request middleware as one layer, outermost first: [`observe`] (the time limit,
