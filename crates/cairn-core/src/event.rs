@@ -93,27 +93,20 @@ pub fn compact_json(json: &str) -> String {
         return json.to_owned();
     }
     let mut out = Vec::with_capacity(bytes.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
         match byte {
-            b' ' | b'\n' | b'\r' | b'\t' => {}
+            b' ' | b'\n' | b'\r' | b'\t' => at += 1,
             b'"' => {
-                in_string = true;
-                out.push(byte);
+                // A string is kept whole, white space and escapes included.
+                let end = past_string(bytes, at + 1);
+                out.extend_from_slice(bytes.get(at..end).unwrap_or_default());
+                at = end;
             }
-            _ => out.push(byte),
+            _ => {
+                out.push(byte);
+                at += 1;
+            }
         }
     }
     // Only ASCII white space outside strings was removed, so the text is still UTF-8.
