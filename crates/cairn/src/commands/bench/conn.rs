@@ -585,44 +585,69 @@ mod tests {
         assert!(dechunk(b"ffffffffffffffff\r\n", &mut body).is_err());
     }
 
-    /// A server that answers three requests on one connection in the three framings,
-    /// then one that closes: the client reads each whole and reconnects after the
-    /// close.
-    #[tokio::test]
-    async fn a_client_reads_every_framing_and_reconnects_after_a_close() {
+    /// A server that accepts one connection per script and, on each, reads a request
+    /// and writes the next answer, then closes the connection. Gives back its address
+    /// and, at the end, the requests it read.
+    async fn scripted(
+        scripts: Vec<Vec<Vec<u8>>>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            let answers: [&[u8]; 3] = [
-                b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}",
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n",
-                b"HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: 4\r\n\r\nnope",
-            ];
             let mut seen = Vec::new();
-            for connection in 0..2 {
+            for script in scripts {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                let count = if connection == 0 { 3 } else { 1 };
-                for answer in &answers[..count] {
+                for answer in script {
                     let mut request = Vec::new();
                     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
                         let mut buffer = [0u8; 1024];
                         let read = socket.read(&mut buffer).await.unwrap();
+                        assert!(read > 0, "the client closed before its request");
                         request.extend_from_slice(&buffer[..read]);
                     }
                     seen.push(String::from_utf8(request).unwrap());
-                    socket.write_all(answer).await.unwrap();
+                    socket.write_all(&answer).await.unwrap();
                 }
             }
             seen
         });
+        (address, server)
+    }
+
+    fn client_of(address: std::net::SocketAddr) -> Client {
         let http = reqwest::Client::new();
-        let target = Target::new(&format!("http://{address}"), &http, None).unwrap();
-        let mut client = target.client();
+        Target::new(&format!("http://{address}"), &http, None)
+            .unwrap()
+            .client()
+    }
+
+    /// Every framing is read whole on one kept connection; a `Connection: close`
+    /// answer and one delimited by the close are not kept, and the next request
+    /// connects again.
+    #[tokio::test]
+    async fn a_client_reads_every_framing_and_reconnects_after_a_close() {
+        let (address, server) = scripted(vec![
+            vec![
+                b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n"
+                    .to_vec(),
+                b"HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: 4\r\n\r\nnope"
+                    .to_vec(),
+            ],
+            vec![b"HTTP/1.0 200 OK\r\n\r\nuntil the end".to_vec()],
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()],
+        ])
+        .await;
+        let mut client = client_of(address);
         let (status, body) = client
             .send("/a", Some(Bytes::from_static(b"{}")))
             .await
             .unwrap();
         assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"{}"[..]));
+        assert!(
+            client.connection.is_some(),
+            "a whole answer keeps its connection"
+        );
         let (status, body) = client.send("/b", None).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"[1,2]"[..]));
         let (status, body) = client.send("/c", None).await.unwrap();
@@ -631,32 +656,71 @@ mod tests {
             client.connection.is_none(),
             "a closed connection is not kept"
         );
-        let (status, _) = client.send("/d", None).await.unwrap();
-        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = client.send("/d", None).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"until the end"[..]));
+        assert!(client.connection.is_none());
+        let (status, body) = client.send("/e", None).await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
         let seen = server.await.unwrap();
-        assert_eq!(seen.len(), 4);
+        assert_eq!(seen.len(), 5);
         assert!(seen[0].starts_with("POST /a HTTP/1.1\r\n"), "{}", seen[0]);
-        assert!(seen[3].starts_with("GET /d HTTP/1.1\r\n"), "{}", seen[3]);
+        assert!(seen[0].contains("\r\ncontent-length: 2\r\n"), "{}", seen[0]);
+        assert!(seen[4].starts_with("GET /e HTTP/1.1\r\n"), "{}", seen[4]);
     }
 
-    /// A server that closes the connection without answering is an error, and the
-    /// next request opens a new connection.
+    /// A kept connection the server closed while idle is replaced before the next
+    /// request is written on it.
     #[tokio::test]
-    async fn a_connection_closed_without_an_answer_is_an_error() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
-            drop(socket);
-        });
-        let http = reqwest::Client::new();
-        let target = Target::new(&format!("http://{address}"), &http, None).unwrap();
-        let mut client = target.client();
-        let error = client.send("/a", None).await.unwrap_err();
-        assert!(
-            error.contains("closed") || error.contains("reset") || error.contains("failed"),
-            "{error}"
-        );
-        assert!(client.connection.is_none());
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
+        let (address, server) = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec()],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2".to_vec()],
+        ])
+        .await;
+        let mut client = client_of(address);
+        client.send("/a", None).await.unwrap();
+        assert!(client.connection.is_some());
+        // The server closes its end after the first answer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !client
+            .connection
+            .as_ref()
+            .is_some_and(Connection::ended_by_peer)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the close never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (status, body) = client.send("/b", None).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"2"[..]));
+        assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    /// Answers that end early or never end their head are errors, and the connection
+    /// is dropped.
+    #[tokio::test]
+    async fn cut_and_endless_answers_are_errors() {
+        let mut endless = b"HTTP/1.1 200 OK\r\nx-padding: ".to_vec();
+        endless.resize(MAX_HEAD_BYTES + 1024, b'x');
+        let (address, _server) = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec()],
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab".to_vec()],
+            vec![endless],
+            vec![Vec::new()],
+        ])
+        .await;
+        let mut client = client_of(address);
+        for expected in [
+            "closed the connection mid-answer",
+            "closed the connection mid-answer",
+            "head is over",
+            "closed the connection before answering",
+        ] {
+            let error = client.send("/a", None).await.unwrap_err();
+            assert!(error.contains(expected), "{error}: expected {expected}");
+            assert!(client.connection.is_none());
+        }
     }
 }
