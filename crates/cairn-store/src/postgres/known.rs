@@ -5,8 +5,8 @@
 //! (migration 4). While the revision is the one this writer's last commit left, no
 //! other transaction wrote anything in between, so the streams it remembers are
 //! exactly as the database holds them. The cached path sends that revision along with
-//! its writes, and the database refuses the whole transaction if the revision moved
-//! (`cairn_lock_head_at`).
+//! its writes, and the database writes nothing if the revision moved (`COMMIT_CACHED`
+//! in `writer.rs` updates the head on that condition, and writes only if it did).
 //!
 //! What is not remembered is assumed absent: a stream never seen, an idempotency key,
 //! an event id. Such an assumption can be wrong either way, so the cached path commits

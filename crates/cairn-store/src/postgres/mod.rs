@@ -89,7 +89,9 @@ use tokio_postgres::config::TargetSessionAttrs;
 
 pub use self::leases::{PgGroupLeases, group_lock_key};
 use self::live::Publisher;
-use self::pool::{build_pool, checkout, connection_config, label, record_pool_metrics};
+use self::pool::{
+    build_pool, checkout, connection_config, label, record_pool_metrics, writer_config,
+};
 pub use self::replicas::ReplicaStatus;
 use self::replicas::{Replica, Replicas};
 pub use self::schema::SCHEMA_VERSION;
@@ -230,7 +232,7 @@ impl PostgresStore {
         metrics::gauge!(m::HEAD_POSITION).set(head as f64);
 
         // The writer has a connection of its own, so that reads never keep it waiting.
-        let writer_pool = build_pool(primary_config.clone(), 1, &options)?;
+        let writer_pool = build_pool(writer_config(&primary_config), 1, &options)?;
         let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
         let writer = Writer {
             primary: writer_pool.clone(),

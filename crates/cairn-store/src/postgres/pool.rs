@@ -55,6 +55,19 @@ pub(crate) fn connection_config(
     Ok(config)
 }
 
+/// The writer's connection settings: `config` with its statements' plans made once
+/// (`plan_cache_mode = force_generic_plan`, which the server takes over the
+/// `force_custom_plan` above, coming later). The cached path's single statement
+/// (`COMMIT_CACHED` in `writer.rs`) runs in a transaction of its own, with no room for a
+/// `SET LOCAL` before it, and reads no table but through a unique index whatever its
+/// values; the looked-up path sets the plan mode of each of its statements itself.
+pub(crate) fn writer_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let options = config.get_options().unwrap_or_default().to_owned();
+    config.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
+    config
+}
+
 /// A bounded pool over `config`: `size` connections at most; waiting for one, making
 /// one and checking one all time out, so a request never waits forever.
 pub(crate) fn build_pool(

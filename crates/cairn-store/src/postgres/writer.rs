@@ -23,10 +23,16 @@
 //! take, the batch is rolled back and its requests are committed again one by one,
 //! so that one bad request never fails its neighbours.
 //!
-//! The requests are answered only after `COMMIT` returned and the batch was published
-//! (live feed, then head). A commit whose outcome is unknown (the connection broke
-//! while committing) is answered `Unavailable`, never success: a retry with the same
-//! idempotency key or event ids is then safe.
+//! While this instance writes alone, a batch usually skips the first round trip: it is
+//! decided from what the writer remembers of its own last commit (`known.rs`) and sent
+//! as one statement, `COMMIT_CACHED`, a transaction of its own that locks the head on
+//! condition that nothing was written since, then writes (the cached path).
+//!
+//! The requests are answered only after the commit returned (`COMMIT`, or the cached
+//! path's statement) and the batch was published (live feed, then head). A commit
+//! whose outcome is unknown (the connection broke while committing) is answered
+//! `Unavailable`, never success: a retry with the same idempotency key or event ids is
+//! then safe.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -350,9 +356,6 @@ const VALUE_PLANS: &str =
     "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = on";
 const LOCK_HEAD: &str =
     "SELECT position, recorded_at, revision FROM cairn_head WHERE id = 1 FOR UPDATE";
-/// The cached path's head lock: fails the transaction (SQLSTATE `CRN01`) unless the
-/// head is at the given revision (migration 4).
-const LOCK_HEAD_AT: &str = "SELECT cairn_lock_head_at($1)";
 const LOOKUP_STREAMS: &str =
     "SELECT name, version, position, created_at, deleted FROM streams WHERE name = ANY($1)";
 const LOOKUP_KEYS: &str = "SELECT key, fingerprint, response FROM idempotency_keys
@@ -372,37 +375,103 @@ const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
 /// instead, copying every event (its data included) into the hash table; the
 /// always-true `stream_id > 0` (identities start at 1) makes the streams the side it
 /// expects to be smaller.
-const WRITE_STREAMS_AND_EVENTS: &str = "WITH created AS (
+///
+/// The text is written once, as a macro, for both statements that write a batch: this
+/// one, and `COMMIT_CACHED`, which adds CTEs before (`$before`, ending in a comma) and
+/// after (`$after`), makes the events' insert a CTE of its own (`$open`, closed by
+/// `$after`), and lets the writes happen only if its head update did (`$gate`, a
+/// condition on every row).
+macro_rules! streams_and_events {
+    ($before:literal, $gate:literal, $open:literal, $after:literal) => {
+        concat!(
+            "WITH ",
+            $before,
+            "created AS (
        INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
        SELECT u.name, u.version, u.position, $5, $5, false
-       FROM UNNEST($16::text[], $17::int8[], $18::int8[]) AS u(name, version, position)
+       FROM UNNEST($16::text[], $17::int8[], $18::int8[]) AS u(name, version, position)",
+            $gate,
+            "
        RETURNING name, stream_id
      ), changed AS (
        INSERT INTO streams (name, version, position, created_at, updated_at, deleted)
        SELECT u.name, u.version, u.position, u.created_at, $5, u.deleted
        FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $6::bool[])
-            AS u(name, version, position, created_at, deleted)
+            AS u(name, version, position, created_at, deleted)",
+            $gate,
+            "
        ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,
           updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted
        RETURNING name, stream_id
      ), s AS (
        SELECT name, stream_id FROM created UNION ALL SELECT name, stream_id FROM changed
      )
-     INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
+     ",
+            $open,
+            "INSERT INTO events (position, id, stream_id, version, type, category, data, metadata, tags, recorded_at)
      SELECT u.position, u.id, s.stream_id, u.version, u.type, u.category, u.data, u.metadata,
             CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT json_array_elements_text(u.tags::json)) END,
             $5
      FROM UNNEST($7::int8[], $8::uuid[], $9::text[], $10::int8[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
           AS u(position, id, stream, version, type, category, data, metadata, tags)
-     LEFT JOIN (SELECT name, stream_id FROM s WHERE stream_id > 0) AS s ON s.name = u.stream";
+     LEFT JOIN (SELECT name, stream_id FROM s WHERE stream_id > 0) AS s ON s.name = u.stream",
+            $gate,
+            $after
+        )
+    };
+}
+const WRITE_STREAMS_AND_EVENTS: &str = streams_and_events!("", "", "", "");
+/// The cached path's whole transaction, in one statement (so in one implicit
+/// transaction: no `BEGIN`, no `COMMIT`, one answer): the head update on condition that
+/// the revision is the one this writer's last commit left, then, only if it updated the
+/// row, the writes of `WRITE_STREAMS_AND_EVENTS`, the tags, the keys assumed new, and
+/// `NOTIFY`. It answers one row: whether the head was at that revision (`false`: nothing
+/// was written; another instance wrote since).
+///
+/// The outer `SELECT` reads `gate` first, so the head update (the head lock, which waits
+/// for any other instance's batch) runs before any other write, as in the looked-up path;
+/// the writing CTEs, which nothing reads, run after it, to completion. A stream, key or
+/// event id that is there after all fails the statement on its unique index, and the
+/// whole transaction with it. Parameters `$1`–`$18` are `WRITE_STREAMS_AND_EVENTS`'s;
+/// then the tags (`$19`, `$20`), the keys (`$21`–`$23`), the expected revision (`$24`),
+/// the new head position (`$25`), whether the batch writes anything (`$26`: otherwise
+/// the head stays as it is, revision included), and the notification's channel and
+/// payload (`$27`, `$28`; none when the payload is NULL).
+const COMMIT_CACHED: &str = streams_and_events!(
+    "head AS (
+       UPDATE cairn_head SET position = CASE WHEN $26 THEN $25 ELSE position END,
+          recorded_at = CASE WHEN $26 THEN $5 ELSE recorded_at END,
+          revision = revision + CASE WHEN $26 THEN 1 ELSE 0 END
+       WHERE id = 1 AND revision = $24
+       RETURNING revision
+     ), gate AS MATERIALIZED (
+       SELECT EXISTS (SELECT FROM head) AS ok
+     ), ",
+    "
+       WHERE (SELECT ok FROM gate)",
+    ", written AS (
+     ",
+    "
+     ), tagged AS (
+       INSERT INTO event_tags (tag, position)
+       SELECT * FROM UNNEST($19::text[], $20::int8[]) WHERE (SELECT ok FROM gate)
+       ON CONFLICT DO NOTHING
+     ), keyed AS (
+       INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
+       SELECT u.key, u.fingerprint, u.response, $5 FROM UNNEST($21::text[], $22::bytea[], $23::text[])
+            AS u(key, fingerprint, response)
+       WHERE (SELECT ok FROM gate)
+     )
+     SELECT ok,
+            (SELECT count(*) FROM (SELECT pg_notify($27, $28) WHERE ok AND $28 IS NOT NULL) AS n)
+     FROM gate"
+);
 /// Sent first in the writing round trip. Every connection plans each statement for its
 /// values (`plan_cache_mode = force_custom_plan`, see `pool.rs`); the writes below need
 /// no table scan whatever their values, so they reuse one generic plan each instead of
 /// being planned again for every batch (planning was a quarter of the database's work
 /// per batch).
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
-/// The cached path's opening: its statements are the writing round trip's.
-const BEGIN_WITH_GENERIC_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
 const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
@@ -410,12 +479,6 @@ const WRITE_KEYS: &str = "INSERT INTO idempotency_keys (key, fingerprint, respon
           AS u(key, fingerprint, response)
      ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
         response = EXCLUDED.response, created_at = EXCLUDED.created_at";
-/// The cached path's keys, assumed new: a key stored already (even one past the
-/// window, which the looked-up path replaces) fails the transaction.
-const INSERT_NEW_KEYS: &str =
-    "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
-     SELECT u.key, u.fingerprint, u.response, $4 FROM UNNEST($1::text[], $2::bytea[], $3::text[])
-          AS u(key, fingerprint, response)";
 /// Every writing transaction moves the revision (see `known.rs`).
 const WRITE_HEAD: &str =
     "UPDATE cairn_head SET position = $1, recorded_at = $2, revision = revision + 1 WHERE id = 1";
@@ -429,10 +492,8 @@ async fn run_transaction(
     idempotency_window: i64,
     known: &mut KnownLog,
 ) -> Result<Committed, (BatchFailure, Option<Vec<Decision>>)> {
-    let fail = |error| (failure(error), None);
-    let writes = WriteStatements::prepare(client).await.map_err(fail)?;
     if let Some(cached) = known.cached(batch) {
-        match commit_cached(client, &writes, batch, cached).await {
+        match commit_cached(client, batch, cached).await {
             Ok((committed, revision, state)) => {
                 known.committed(revision, &state);
                 known.cached_commit();
@@ -457,7 +518,7 @@ async fn run_transaction(
             }
         }
     }
-    match look_up_and_commit(client, &writes, batch, idempotency_window, known).await {
+    match look_up_and_commit(client, batch, idempotency_window, known).await {
         Ok((committed, revision, state)) => {
             known.committed(revision, &state);
             metrics::counter!(m::GROUP_COMMITS, "path" => "looked_up").increment(1);
@@ -482,9 +543,6 @@ enum CachedMiss {
     Failed(BatchFailure),
 }
 
-/// The SQLSTATE `cairn_lock_head_at` fails with when the head's revision moved.
-const REVISION_MOVED: &str = "CRN01";
-
 /// The cached path: the batch decided from what the writer remembers, then one round
 /// trip that takes the head lock on condition that nothing else was written since this
 /// writer's last commit, writes, and commits. Only a batch whose requests are all
@@ -492,10 +550,13 @@ const REVISION_MOVED: &str = "CRN01";
 /// revision moved or something assumed absent is there.
 async fn commit_cached(
     client: &Client,
-    writes: &WriteStatements,
     batch: &[Command],
     cached: Cached,
 ) -> Result<(Committed, i64, BatchState), CachedMiss> {
+    let statement = client
+        .prepare_cached(COMMIT_CACHED)
+        .await
+        .map_err(|error| CachedMiss::Failed(failure(error)))?;
     let revision = cached.revision;
     let phase_started = Instant::now();
     let lookups = Lookups::from_cached(cached);
@@ -509,15 +570,15 @@ async fn commit_cached(
     }
     let decided = phase_started.elapsed();
     let phase_started = Instant::now();
-    match write_and_commit(client, writes, &state, Opening::Cached { revision }).await {
-        Ok(wrote) => {
+    match commit_in_one(client, &statement, &state, revision).await {
+        Ok(None) => Err(CachedMiss::WrittenElsewhere),
+        Ok(Some(wrote)) => {
             record_phase_elapsed("decide", decided);
             record_phase("write_and_commit", phase_started);
             let committed = Committed::new(decisions, &mut state);
             Ok((committed, revision + i64::from(wrote), state))
         }
         Err(error) => match error.code() {
-            Some(code) if code.code() == REVISION_MOVED => Err(CachedMiss::WrittenElsewhere),
             Some(code)
                 if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::NOT_NULL_VIOLATION =>
             {
@@ -538,12 +599,12 @@ async fn commit_cached(
 /// Returns the revision the commit left.
 async fn look_up_and_commit(
     client: &Client,
-    writes: &WriteStatements,
     batch: &[Command],
     idempotency_window: i64,
     known: &mut KnownLog,
 ) -> Result<(Committed, i64, BatchState), (BatchFailure, Option<Vec<Decision>>)> {
     let fail = |error| (failure(error), None);
+    let writes = WriteStatements::prepare(client).await.map_err(fail)?;
     // What the lookups ask for.
     let mut names: Vec<&str> = Vec::new();
     let mut keys: Vec<&str> = Vec::new();
@@ -639,7 +700,7 @@ async fn look_up_and_commit(
     record_phase("decide", phase_started);
 
     let phase_started = Instant::now();
-    let wrote = match write_and_commit(client, writes, &state, Opening::Locked).await {
+    let wrote = match write_and_commit(client, &writes, &state).await {
         Ok(wrote) => wrote,
         Err(error) => return Err((failure_at_commit(error), Some(decisions))),
     };
@@ -688,129 +749,186 @@ fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
     }
 }
 
-/// How the writing round trip begins.
-enum Opening {
-    /// Inside the looked-up path's transaction, which holds the head lock.
-    Locked,
-    /// The cached path: `BEGIN` and the head lock on condition that the head is at
-    /// this revision. Streams, keys and event ids it assumed absent are inserted so
-    /// that the transaction fails if they are there after all.
-    Cached { revision: i64 },
+/// A decided batch's writes as the column arrays its statements take.
+struct WriteColumns<'a> {
+    /// Streams that existed: their state at the end of the batch.
+    names: Vec<&'a str>,
+    versions: Vec<i64>,
+    positions: Vec<i64>,
+    created: Vec<i64>,
+    deleted: Vec<bool>,
+    /// Streams the batch creates.
+    new_names: Vec<&'a str>,
+    new_versions: Vec<i64>,
+    new_positions: Vec<i64>,
+    events: EventColumns<'a>,
+    key_names: Vec<&'a str>,
+    key_fingerprints: Vec<&'a [u8]>,
+    key_responses: Vec<&'a str>,
+    head: i64,
+    /// The notification's payload (the new head), when the batch appended events.
+    notification: Option<String>,
+    recorded_at: i64,
+    /// Whether anything is written, which moves the head's revision.
+    wrote: bool,
 }
 
-/// The writing round trip: every write of the batch, the head, the notification and
-/// the commit. `COMMIT` of a transaction that a failed statement aborted answers as a
-/// rollback, without an error, so every statement's result is checked, and the first
-/// error is returned. (An event whose stream row is missing would get a NULL
-/// `stream_id` and fail the whole transaction.) Returns whether anything was written,
-/// which moved the head's revision.
+impl<'a> WriteColumns<'a> {
+    fn new(state: &'a BatchState) -> Self {
+        let mut columns = Self {
+            names: Vec::new(),
+            versions: Vec::new(),
+            positions: Vec::new(),
+            created: Vec::new(),
+            deleted: Vec::new(),
+            new_names: Vec::new(),
+            new_versions: Vec::new(),
+            new_positions: Vec::new(),
+            events: EventColumns::new(&state.events),
+            key_names: state.new_keys.iter().map(|k| k.key.as_str()).collect(),
+            key_fingerprints: state.new_keys.iter().map(|k| &k.fingerprint[..]).collect(),
+            key_responses: state.new_keys.iter().map(|k| k.response.as_str()).collect(),
+            head: to_db(state.head),
+            notification: (state.head > state.head_before).then(|| state.head.to_string()),
+            recorded_at: state.recorded_at,
+            wrote: false,
+        };
+        for (name, stream) in &state.streams {
+            match (stream.dirty, stream.version, stream.existed) {
+                (true, Some(version), true) => {
+                    columns.names.push(name.as_str());
+                    columns.versions.push(to_db(version));
+                    columns.positions.push(to_db(stream.position));
+                    columns.created.push(stream.created_at);
+                    columns.deleted.push(stream.deleted);
+                }
+                (true, Some(version), false) => {
+                    columns.new_names.push(name.as_str());
+                    columns.new_versions.push(to_db(version));
+                    columns.new_positions.push(to_db(stream.position));
+                }
+                _ => {}
+            }
+        }
+        columns.wrote = columns.writes_streams() || !columns.key_names.is_empty();
+        columns
+    }
+
+    fn writes_streams(&self) -> bool {
+        !self.names.is_empty() || !self.new_names.is_empty()
+    }
+
+    /// `WRITE_STREAMS_AND_EVENTS`'s parameters (`COMMIT_CACHED`'s first 18).
+    fn streams_and_events(&self) -> Vec<&(dyn ToSql + Sync)> {
+        [
+            sql_params![
+                &self.names,
+                &self.versions,
+                &self.positions,
+                &self.created,
+                &self.recorded_at,
+                &self.deleted
+            ],
+            self.events.row_params().to_vec(),
+            sql_params![&self.new_names, &self.new_versions, &self.new_positions],
+        ]
+        .concat()
+    }
+}
+
+/// The looked-up path's writing round trip, inside its transaction (which holds the
+/// head lock): every write of the batch, the head, the notification and the commit.
+/// `COMMIT` of a transaction that a failed statement aborted answers as a rollback,
+/// without an error, so every statement's result is checked, and the first error is
+/// returned. (An event whose stream row is missing would get a NULL `stream_id` and fail
+/// the whole transaction.) Returns whether anything was written, which moved the head's
+/// revision.
 async fn write_and_commit(
     client: &Client,
     statements: &WriteStatements,
     state: &BatchState,
-    opening: Opening,
 ) -> Result<bool, tokio_postgres::Error> {
-    let WriteStatements {
-        write_streams_and_events,
-        write_tags,
-        write_keys,
-        insert_new_keys,
-        write_head,
-        notify,
-        lock_head_at,
-    } = statements;
-
-    // Streams: their state at the end of the batch; new ones apart.
-    let mut names = Vec::new();
-    let mut versions = Vec::new();
-    let mut positions = Vec::new();
-    let mut created = Vec::new();
-    let mut deleted = Vec::new();
-    let mut new_names = Vec::new();
-    let mut new_versions = Vec::new();
-    let mut new_positions = Vec::new();
-    for (name, stream) in &state.streams {
-        match (stream.dirty, stream.version, stream.existed) {
-            (true, Some(version), true) => {
-                names.push(name.as_str());
-                versions.push(to_db(version));
-                positions.push(to_db(stream.position));
-                created.push(stream.created_at);
-                deleted.push(stream.deleted);
-            }
-            (true, Some(version), false) => {
-                new_names.push(name.as_str());
-                new_versions.push(to_db(version));
-                new_positions.push(to_db(stream.position));
-            }
-            _ => {}
-        }
-    }
-    let events = EventColumns::new(&state.events);
-    let key_names: Vec<&str> = state.new_keys.iter().map(|k| k.key.as_str()).collect();
-    let key_fingerprints: Vec<&[u8]> = state.new_keys.iter().map(|k| &k.fingerprint[..]).collect();
-    let key_responses: Vec<&str> = state.new_keys.iter().map(|k| k.response.as_str()).collect();
-    let head = to_db(state.head);
-    let head_text = state.head.to_string();
-    let recorded_at = state.recorded_at;
-    let wrote = !names.is_empty() || !new_names.is_empty() || !key_names.is_empty();
-
-    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
-    let keys_statement = match &opening {
-        Opening::Locked => {
-            round.push(simple(client, GENERIC_PLANS));
-            write_keys
-        }
-        Opening::Cached { revision } => {
-            round.push(simple(client, BEGIN_WITH_GENERIC_PLANS));
-            round.push(query(client, lock_head_at, sql_params![revision]));
-            insert_new_keys
-        }
-    };
-    if !names.is_empty() || !new_names.is_empty() {
+    let columns = WriteColumns::new(state);
+    let events = &columns.events;
+    let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
+        vec![simple(client, GENERIC_PLANS)];
+    if columns.writes_streams() {
         round.push(query(
             client,
-            write_streams_and_events,
-            [
-                sql_params![
-                    &names,
-                    &versions,
-                    &positions,
-                    &created,
-                    &recorded_at,
-                    &deleted
-                ],
-                events.row_params().to_vec(),
-                sql_params![&new_names, &new_versions, &new_positions],
-            ]
-            .concat(),
+            &statements.write_streams_and_events,
+            columns.streams_and_events(),
         ));
     }
     if !events.tag_names.is_empty() {
         round.push(query(
             client,
-            write_tags,
+            &statements.write_tags,
             sql_params![&events.tag_names, &events.tag_positions],
         ));
     }
-    if !key_names.is_empty() {
+    if !columns.key_names.is_empty() {
         round.push(query(
             client,
-            keys_statement,
-            sql_params![&key_names, &key_fingerprints, &key_responses, &recorded_at],
+            &statements.write_keys,
+            sql_params![
+                &columns.key_names,
+                &columns.key_fingerprints,
+                &columns.key_responses,
+                &columns.recorded_at
+            ],
         ));
     }
-    if wrote {
-        round.push(query(client, write_head, sql_params![&head, &recorded_at]));
+    if columns.wrote {
+        round.push(query(
+            client,
+            &statements.write_head,
+            sql_params![&columns.head, &columns.recorded_at],
+        ));
     }
-    if state.head > state.head_before {
-        round.push(query(client, notify, sql_params![&CHANNEL, &head_text]));
+    if let Some(payload) = &columns.notification {
+        round.push(query(
+            client,
+            &statements.notify,
+            sql_params![&CHANNEL, payload],
+        ));
     }
     round.push(simple(client, "COMMIT"));
     for result in pipeline(round).await {
         result?;
     }
-    Ok(wrote)
+    Ok(columns.wrote)
+}
+
+/// The cached path's transaction: `COMMIT_CACHED`, one statement. Returns whether
+/// anything was written, or `None` when the head's revision was no longer `revision`
+/// (nothing was written).
+async fn commit_in_one(
+    client: &Client,
+    statement: &tokio_postgres::Statement,
+    state: &BatchState,
+    revision: i64,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let columns = WriteColumns::new(state);
+    let events = &columns.events;
+    let params = [
+        columns.streams_and_events(),
+        sql_params![
+            &events.tag_names,
+            &events.tag_positions,
+            &columns.key_names,
+            &columns.key_fingerprints,
+            &columns.key_responses,
+            &revision,
+            &columns.head,
+            &columns.wrote,
+            &CHANNEL,
+            &columns.notification
+        ],
+    ]
+    .concat();
+    let row = client.query_one(statement, &params).await?;
+    let at_revision: bool = row.try_get(0)?;
+    Ok(at_revision.then_some(columns.wrote))
 }
 
 /// Events as the column arrays the bulk `UNNEST` inserts take (the writer's and the
@@ -897,10 +1015,8 @@ struct WriteStatements {
     write_streams_and_events: tokio_postgres::Statement,
     write_tags: tokio_postgres::Statement,
     write_keys: tokio_postgres::Statement,
-    insert_new_keys: tokio_postgres::Statement,
     write_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
-    lock_head_at: tokio_postgres::Statement,
 }
 
 impl WriteStatements {
@@ -909,10 +1025,8 @@ impl WriteStatements {
             write_streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
             write_tags: client.prepare_cached(WRITE_TAGS).await?,
             write_keys: client.prepare_cached(WRITE_KEYS).await?,
-            insert_new_keys: client.prepare_cached(INSERT_NEW_KEYS).await?,
             write_head: client.prepare_cached(WRITE_HEAD).await?,
             notify: client.prepare_cached(NOTIFY).await?,
-            lock_head_at: client.prepare_cached(LOCK_HEAD_AT).await?,
         })
     }
 }
@@ -935,17 +1049,42 @@ fn condition_query(condition: &AppendCondition) -> (String, SqlParams) {
 mod tests {
     use tokio_postgres::NoTls;
 
-    use super::WRITE_STREAMS_AND_EVENTS;
+    use super::{COMMIT_CACHED, WRITE_STREAMS_AND_EVENTS};
     use crate::postgres::{PostgresOptions, PostgresStore};
 
-    /// The generic plan of the statement that writes a batch hashes the streams and
-    /// runs the events past them, not the other way round (which copied every event
-    /// into a hash table: a fifth of a 100-event batch's time in PostgreSQL).
-    #[tokio::test]
-    async fn the_batch_write_hashes_the_streams_not_the_events() {
-        let Some(database) = crate::testing::shared_database().await else {
-            return;
-        };
+    /// The generic plan of `sql`, prepared with NULL for every parameter.
+    async fn generic_plan(client: &tokio_postgres::Client, name: &str, sql: &str) -> Vec<String> {
+        let statement = client.prepare(sql).await.unwrap();
+        let types: Vec<&str> = statement.params().iter().map(|t| t.name()).collect();
+        let nulls = vec!["NULL"; types.len()].join(", ");
+        client
+            .batch_execute(&format!(
+                "SET plan_cache_mode = force_generic_plan;
+                 PREPARE {name} ({}) AS {sql}",
+                types.join(", ")
+            ))
+            .await
+            .unwrap();
+        crate::testing::explain(
+            client,
+            &format!("EXPLAIN (COSTS OFF) EXECUTE {name} ({nulls})"),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The lines under `plan[at]`, indented deeper.
+    fn subtree(plan: &[String], at: usize) -> &[String] {
+        let depth = |line: &str| line.len() - line.trim_start().len();
+        let end = plan[at + 1..]
+            .iter()
+            .position(|line| depth(line) <= depth(&plan[at]))
+            .map_or(plan.len(), |offset| at + 1 + offset);
+        &plan[at + 1..end]
+    }
+
+    async fn connected() -> Option<tokio_postgres::Client> {
+        let database = crate::testing::shared_database().await?;
         // Runs the migrations.
         drop(
             PostgresStore::connect(PostgresOptions::new(&database.primary_url))
@@ -956,45 +1095,120 @@ mod tests {
             .await
             .unwrap();
         tokio::spawn(connection);
-        let statement = client.prepare(WRITE_STREAMS_AND_EVENTS).await.unwrap();
-        let types: Vec<&str> = statement.params().iter().map(|t| t.name()).collect();
-        let nulls = vec!["NULL"; types.len()].join(", ");
-        client
-            .batch_execute(&format!(
-                "SET plan_cache_mode = force_generic_plan;
-                 PREPARE write_batch ({}) AS {WRITE_STREAMS_AND_EVENTS}",
-                types.join(", ")
-            ))
-            .await
-            .unwrap();
-        let plan = crate::testing::explain(
-            &client,
-            &format!("EXPLAIN (COSTS OFF) EXECUTE write_batch ({nulls})"),
-        )
-        .await
-        .unwrap();
+        Some(client)
+    }
+
+    /// The generic plan of both statements that write a batch hashes the streams and
+    /// runs the events past them, not the other way round (which copied every event
+    /// into a hash table: a fifth of a 100-event batch's time in PostgreSQL).
+    #[tokio::test]
+    async fn the_batch_writes_hash_the_streams_not_the_events() {
+        let Some(client) = connected().await else {
+            return;
+        };
+        for (name, sql) in [
+            ("write_batch", WRITE_STREAMS_AND_EVENTS),
+            ("commit_cached", COMMIT_CACHED),
+        ] {
+            let plan = generic_plan(&client, name, sql).await;
+            let text = plan.join("\n");
+            let hash = plan
+                .iter()
+                .position(|line| line.trim_start().trim_start_matches("->  ") == "Hash")
+                .unwrap_or_else(|| panic!("{name}: no hash join:\n{text}"));
+            let hashed = subtree(&plan, hash);
+            assert!(
+                hashed
+                    .iter()
+                    .any(|line| line.contains("CTE Scan on changed")),
+                "{name}: the streams are not hashed:\n{text}"
+            );
+            assert!(
+                !hashed
+                    .iter()
+                    .any(|line| line.contains("Function Scan on u")),
+                "{name}: the events are hashed:\n{text}"
+            );
+        }
+    }
+
+    /// The cached path's statement writes nothing unless its head update did: every
+    /// insert in it runs behind a one-time filter on the gate, which reads the head
+    /// update; and the statement's own output reads the gate, so the head update (the
+    /// head lock) comes first.
+    #[tokio::test]
+    async fn the_cached_commit_writes_only_behind_its_head_update() {
+        let Some(client) = connected().await else {
+            return;
+        };
+        let plan = generic_plan(&client, "gated", COMMIT_CACHED).await;
         let text = plan.join("\n");
-        // The subtree under the `Hash` node: the lines after it, indented deeper.
-        let hash = plan
-            .iter()
-            .position(|line| line.trim_start().trim_start_matches("->  ") == "Hash")
-            .unwrap_or_else(|| panic!("no hash join:\n{text}"));
-        let depth = |line: &str| line.len() - line.trim_start().len();
-        let hashed: Vec<&String> = plan[hash + 1..]
-            .iter()
-            .take_while(|line| depth(line) > depth(&plan[hash]))
+        assert!(plan[0].starts_with("CTE Scan on gate"), "{text}");
+        let inserts: Vec<usize> = (0..plan.len())
+            .filter(|&at| plan[at].contains("->  Insert on"))
             .collect();
-        assert!(
-            hashed
-                .iter()
-                .any(|line| line.contains("CTE Scan on changed")),
-            "the streams are not hashed:\n{text}"
+        assert_eq!(
+            inserts.len(),
+            5,
+            "streams twice, events, tags, keys:\n{text}"
         );
-        assert!(
-            !hashed
+        for at in inserts {
+            let under = subtree(&plan, at);
+            let gate = under
                 .iter()
-                .any(|line| line.contains("Function Scan on u ")),
-            "the events are hashed:\n{text}"
+                .position(|line| line.contains("CTE Scan on gate"))
+                .unwrap_or_else(|| panic!("{}: not gated:\n{text}", plan[at]));
+            let parameter = under[..gate]
+                .iter()
+                .rev()
+                .find_map(|line| line.split("(returns ").nth(1))
+                .and_then(|rest| rest.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("{}: the gate is no init plan:\n{text}", plan[at]));
+            assert!(
+                under
+                    .iter()
+                    .any(|line| line.trim() == format!("One-Time Filter: {parameter}")),
+                "{}: no one-time filter on the gate:\n{text}",
+                plan[at]
+            );
+        }
+        let gate = plan
+            .iter()
+            .position(|line| line.trim() == "CTE gate")
+            .unwrap_or_else(|| panic!("no gate:\n{text}"));
+        assert!(
+            subtree(&plan, gate)
+                .iter()
+                .any(|line| line.contains("CTE Scan on head")),
+            "{text}"
         );
+    }
+
+    /// The writer's connection makes each statement's plan once: the cached path's
+    /// statement runs with no `SET LOCAL` before it.
+    #[tokio::test]
+    async fn the_writers_connection_keeps_generic_plans() {
+        let Some(database) = crate::testing::shared_database().await else {
+            return;
+        };
+        let options = PostgresOptions::new(&database.primary_url);
+        let config = crate::postgres::pool::connection_config(
+            &database.primary_url,
+            &options,
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+        )
+        .unwrap();
+        for (config, expected) in [
+            (config.clone(), "force_custom_plan"),
+            (
+                crate::postgres::pool::writer_config(&config),
+                "force_generic_plan",
+            ),
+        ] {
+            let (client, connection) = config.connect(NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let row = client.query_one("SHOW plan_cache_mode", &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), expected);
+        }
     }
 }
