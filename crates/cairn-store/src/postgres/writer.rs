@@ -432,16 +432,15 @@ const WRITE_STREAMS_AND_EVENTS: &str = streams_and_events!("", "", "", "");
 /// for any other instance's batch) runs before any other write, as in the looked-up path;
 /// the writing CTEs, which nothing reads, run after it, to completion. A stream, key or
 /// event id that is there after all fails the statement on its unique index, and the
-/// whole transaction with it. Parameters `$1`–`$18` are `WRITE_STREAMS_AND_EVENTS`'s;
-/// then the tags (`$19`, `$20`), the keys (`$21`–`$23`), the expected revision (`$24`),
-/// the new head position (`$25`), whether the batch writes anything (`$26`: otherwise
-/// the head stays as it is, revision included), and the notification's channel and
-/// payload (`$27`, `$28`; none when the payload is NULL).
+/// whole transaction with it. Every cached commit moves the revision: a batch sent this
+/// way writes in practice (a batch of refusals is looked up instead), and a revision
+/// moved without a write only sends other instances to a lookup. Parameters `$1`–`$18`
+/// are `WRITE_STREAMS_AND_EVENTS`'s; then the tags (`$19`, `$20`), the keys
+/// (`$21`–`$23`), the expected revision (`$24`), the new head position (`$25`), and the
+/// notification's channel and payload (`$26`, `$27`; none when the payload is NULL).
 const COMMIT_CACHED: &str = streams_and_events!(
     "head AS (
-       UPDATE cairn_head SET position = CASE WHEN $26 THEN $25 ELSE position END,
-          recorded_at = CASE WHEN $26 THEN $5 ELSE recorded_at END,
-          revision = revision + CASE WHEN $26 THEN 1 ELSE 0 END
+       UPDATE cairn_head SET position = $25, recorded_at = $5, revision = revision + 1
        WHERE id = 1 AND revision = $24
        RETURNING revision
      ), gate AS MATERIALIZED (
@@ -463,7 +462,7 @@ const COMMIT_CACHED: &str = streams_and_events!(
        WHERE (SELECT ok FROM gate)
      )
      SELECT ok,
-            (SELECT count(*) FROM (SELECT pg_notify($27, $28) WHERE ok AND $28 IS NOT NULL) AS n)
+            (SELECT count(*) FROM (SELECT pg_notify($26, $27) WHERE ok AND $27 IS NOT NULL) AS n)
      FROM gate"
 );
 /// Sent first in the writing round trip. Every connection plans each statement for its
@@ -571,12 +570,12 @@ async fn commit_cached(
     let decided = phase_started.elapsed();
     let phase_started = Instant::now();
     match commit_in_one(client, &statement, &state, revision).await {
-        Ok(None) => Err(CachedMiss::WrittenElsewhere),
-        Ok(Some(wrote)) => {
+        Ok(false) => Err(CachedMiss::WrittenElsewhere),
+        Ok(true) => {
             record_phase_elapsed("decide", decided);
             record_phase("write_and_commit", phase_started);
             let committed = Committed::new(decisions, &mut state);
-            Ok((committed, revision + i64::from(wrote), state))
+            Ok((committed, revision + 1, state))
         }
         Err(error) => match error.code() {
             Some(code)
@@ -769,8 +768,6 @@ struct WriteColumns<'a> {
     /// The notification's payload (the new head), when the batch appended events.
     notification: Option<String>,
     recorded_at: i64,
-    /// Whether anything is written, which moves the head's revision.
-    wrote: bool,
 }
 
 impl<'a> WriteColumns<'a> {
@@ -791,7 +788,6 @@ impl<'a> WriteColumns<'a> {
             head: to_db(state.head),
             notification: (state.head > state.head_before).then(|| state.head.to_string()),
             recorded_at: state.recorded_at,
-            wrote: false,
         };
         for (name, stream) in &state.streams {
             match (stream.dirty, stream.version, stream.existed) {
@@ -810,12 +806,16 @@ impl<'a> WriteColumns<'a> {
                 _ => {}
             }
         }
-        columns.wrote = columns.writes_streams() || !columns.key_names.is_empty();
         columns
     }
 
     fn writes_streams(&self) -> bool {
         !self.names.is_empty() || !self.new_names.is_empty()
+    }
+
+    /// Whether anything is written, which moves the head's revision.
+    fn wrote(&self) -> bool {
+        self.writes_streams() || !self.key_names.is_empty()
     }
 
     /// `WRITE_STREAMS_AND_EVENTS`'s parameters (`COMMIT_CACHED`'s first 18).
@@ -878,7 +878,8 @@ async fn write_and_commit(
             ],
         ));
     }
-    if columns.wrote {
+    let wrote = columns.wrote();
+    if wrote {
         round.push(query(
             client,
             &statements.write_head,
@@ -896,18 +897,17 @@ async fn write_and_commit(
     for result in pipeline(round).await {
         result?;
     }
-    Ok(columns.wrote)
+    Ok(wrote)
 }
 
-/// The cached path's transaction: `COMMIT_CACHED`, one statement. Returns whether
-/// anything was written, or `None` when the head's revision was no longer `revision`
-/// (nothing was written).
+/// The cached path's transaction: `COMMIT_CACHED`, one statement. Returns whether the
+/// head was at `revision` (otherwise nothing was written).
 async fn commit_in_one(
     client: &Client,
     statement: &tokio_postgres::Statement,
     state: &BatchState,
     revision: i64,
-) -> Result<Option<bool>, tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let columns = WriteColumns::new(state);
     let events = &columns.events;
     let params = [
@@ -920,15 +920,13 @@ async fn commit_in_one(
             &columns.key_responses,
             &revision,
             &columns.head,
-            &columns.wrote,
             &CHANNEL,
             &columns.notification
         ],
     ]
     .concat();
     let row = client.query_one(statement, &params).await?;
-    let at_revision: bool = row.try_get(0)?;
-    Ok(at_revision.then_some(columns.wrote))
+    row.try_get(0)
 }
 
 /// Events as the column arrays the bulk `UNNEST` inserts take (the writer's and the
