@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub const PROCESS_OPEN_FDS: &str = "cairn_process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "cairn_process_max_fds";
 /// Gauge: when the process started, in seconds since the Unix epoch.
 pub const PROCESS_START_TIME_SECONDS: &str = "cairn_process_start_time_seconds";
+/// Gauge: the async runtime's worker threads, which serve the requests (`cairn serve
+/// --worker-threads`).
+pub const RUNTIME_WORKER_THREADS: &str = "cairn_runtime_worker_threads";
 /// Counter: log lines dropped because stderr was not read fast enough (recorded by the
 /// `cairn` binary's log writer).
 pub const LOG_LINES_DROPPED_TOTAL: &str = "cairn_log_lines_dropped_total";
@@ -251,6 +255,16 @@ pub fn render() -> String {
         text.push('\n');
     }
     crate::process::ProcessSample::read().render(&mut text);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let name = RUNTIME_WORKER_THREADS;
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            "# HELP {name} Worker threads of the async runtime, which serve the requests.\n\
+             # TYPE {name} gauge\n{name} {}\n\n",
+            runtime.metrics().num_workers()
+        );
+    }
     text
 }
 

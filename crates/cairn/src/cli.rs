@@ -347,6 +347,9 @@ pub struct ServeArgs {
     /// Read connections to the embedded database [default: 4].
     #[arg(long, env = "CAIRN_READ_CONNECTIONS", value_name = "N")]
     pub read_connections: Option<usize>,
+    /// Threads serving requests; fewer leave cores to a database on the same machine [default: one per core].
+    #[arg(long, env = "CAIRN_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Longest time a request may take before it is answered 503, e.g. 30s, 500ms; 0s for no limit [default: 30s].
     #[arg(long, env = "CAIRN_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,

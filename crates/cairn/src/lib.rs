@@ -27,6 +27,7 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cairn")
+        .worker_threads(worker_threads(&cli))
         .build()
     {
         Ok(runtime) => runtime,
@@ -47,6 +48,17 @@ pub fn main() -> ExitCode {
             eprintln!("{}", describe_error(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The runtime's worker threads: `cairn serve`'s `worker_threads` setting, one per core
+/// for every other command. Settings that do not resolve get the default here, and
+/// `cairn serve` then stops on them with their error.
+fn worker_threads(cli: &Cli) -> usize {
+    match &cli.command {
+        Command::Serve(args) => settings::Settings::resolve(args)
+            .map_or_else(|_| settings::default_worker_threads(), |s| s.worker_threads),
+        _ => settings::default_worker_threads(),
     }
 }
 

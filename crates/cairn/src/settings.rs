@@ -24,6 +24,8 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_IDEMPOTENCY_WINDOW: &str = "24h";
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_READ_CONNECTIONS: usize = 4;
+/// More worker threads than this is a typo, not a setting.
+pub const MAX_WORKER_THREADS: usize = 1024;
 /// 64 MiB of cached query results.
 pub const DEFAULT_QUERY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_PROJECTION_BATCH_SIZE: usize = 2000;
@@ -67,6 +69,7 @@ pub struct RawSettings {
     pub log_level: Option<String>,
     pub idempotency_window: Option<String>,
     pub read_connections: Option<usize>,
+    pub worker_threads: Option<usize>,
     pub request_timeout: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub max_events_per_request: Option<usize>,
@@ -109,6 +112,7 @@ impl RawSettings {
         "log_level",
         "idempotency_window",
         "read_connections",
+        "worker_threads",
         "request_timeout",
         "max_body_bytes",
         "max_events_per_request",
@@ -159,6 +163,7 @@ impl RawSettings {
             log_level: args.log_level.clone(),
             idempotency_window: args.idempotency_window.clone(),
             read_connections: args.read_connections,
+            worker_threads: args.worker_threads,
             request_timeout: args.request_timeout.clone(),
             max_body_bytes: args.max_body_bytes,
             max_events_per_request: args.max_events_per_request,
@@ -201,6 +206,9 @@ pub struct Settings {
     pub log_level: String,
     pub idempotency_window: Duration,
     pub read_connections: usize,
+    /// The async runtime's worker threads, which serve the requests (the writers and
+    /// the log have threads of their own).
+    pub worker_threads: usize,
     /// Zero: no limit.
     pub request_timeout: Duration,
     pub limits: Limits,
@@ -362,6 +370,21 @@ impl Settings {
             "read_connections",
             DEFAULT_READ_CONNECTIONS,
         )?;
+        let worker_threads = positive(
+            &over.worker_threads,
+            &file.worker_threads,
+            "worker-threads",
+            "worker_threads",
+            default_worker_threads(),
+        )?;
+        if let Some((&value, from_file)) = pick(&over.worker_threads, &file.worker_threads)
+            && value > MAX_WORKER_THREADS
+        {
+            anyhow::bail!(
+                "invalid {}: it must be at most {MAX_WORKER_THREADS}",
+                origin("worker-threads", "worker_threads").describe(from_file)
+            );
+        }
         let defaults = Limits::default();
         let limits = Limits {
             max_body_bytes: positive(
@@ -583,6 +606,7 @@ impl Settings {
             log_level,
             idempotency_window,
             read_connections,
+            worker_threads,
             request_timeout,
             limits,
             query_cache_bytes,
@@ -613,6 +637,7 @@ impl Settings {
             "log_level": self.log_level,
             "idempotency_window": format_duration(self.idempotency_window),
             "read_connections": self.read_connections,
+            "worker_threads": self.worker_threads,
             "request_timeout": format_duration(self.request_timeout),
             "max_body_bytes": self.limits.max_body_bytes,
             "max_events_per_request": self.limits.max_events_per_request,
@@ -643,6 +668,11 @@ impl Settings {
             "redis_url": self.redis.as_ref().map(|redis| cairn_projection::redact_redis_url(&redis.url)),
         })
     }
+}
+
+/// One worker thread per core the process may use (the async runtime's own default).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// An advertised base URL: `http://HOST:PORT`, or `https://HOST:PORT` for an instance

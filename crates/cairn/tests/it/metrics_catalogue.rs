@@ -153,6 +153,7 @@ fn a_running_server_exports_only_documented_metrics() {
         "cairn_cache_capacity_bytes",
         "cairn_database_size_bytes",
         "cairn_database_wal_bytes",
+        "cairn_runtime_worker_threads",
     ];
     let mut positive = vec![
         r#"cairn_database_size_bytes{database="events"}"#,
@@ -162,6 +163,7 @@ fn a_running_server_exports_only_documented_metrics() {
         r#"cairn_pool_connections{pool="events",state="idle"}"#,
         r#"cairn_cache_capacity_bytes{cache="event_pages"}"#,
         r#"cairn_cache_capacity_bytes{cache="query_results"}"#,
+        "cairn_runtime_worker_threads",
     ];
     if cfg!(target_os = "linux") {
         sampled.extend([

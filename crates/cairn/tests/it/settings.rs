@@ -355,3 +355,68 @@ fn the_claims_per_token_cap_layers_like_the_others_and_must_be_positive() {
         "the environment variable"
     );
 }
+
+#[test]
+fn worker_threads_layer_like_the_others_and_are_bounded() {
+    let defaults = resolve_file("").unwrap();
+    assert_eq!(
+        defaults.worker_threads,
+        std::thread::available_parallelism().unwrap().get(),
+        "one per core"
+    );
+    assert_eq!(
+        resolve_file("worker_threads = 3").unwrap().worker_threads,
+        3
+    );
+    let over = RawSettings {
+        worker_threads: Some(1),
+        ..RawSettings::default()
+    };
+    let file = RawSettings::parse("worker_threads = 3").unwrap();
+    assert_eq!(
+        Settings::merge(&over, &file, None).unwrap().worker_threads,
+        1,
+        "flag > file"
+    );
+    for bad in ["worker_threads = 0", "worker_threads = 1025"] {
+        let error = format!("{:#}", resolve_file(bad).unwrap_err());
+        assert!(
+            error.contains("`worker_threads` in cairn.toml"),
+            "{bad}: {error}"
+        );
+    }
+    let output = cairn(&["serve", "--print-config"])
+        .env("CAIRN_WORKER_THREADS", "2")
+        .output()
+        .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(printed["worker_threads"], 2, "the environment variable");
+    // A bad value stops `cairn serve` before anything starts, with the flag named.
+    let output = run(&["serve", "--worker-threads", "0", "--print-config"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--worker-threads"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// The running server has as many worker threads as it was told.
+#[test]
+fn the_server_runs_the_worker_threads_it_was_given() {
+    for workers in [1_usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = crate::support::Server::start_with(
+            dir.path(),
+            "127.0.0.1:0",
+            &["--worker-threads", &workers.to_string()],
+        );
+        let (status, body) = crate::support::http_get(server.address(), "/metrics").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let line = body
+            .lines()
+            .find(|line| line.starts_with("cairn_runtime_worker_threads "))
+            .unwrap_or_else(|| panic!("no worker-threads gauge in {body}"));
+        assert_eq!(line, format!("cairn_runtime_worker_threads {workers}"));
+    }
+}
