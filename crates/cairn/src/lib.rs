@@ -16,6 +16,7 @@ pub mod telemetry;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
@@ -24,21 +25,16 @@ use crate::cli::{Cli, Command};
 /// 0 on success, 1 on a failure (printed on stderr), 2 on a usage error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("cairn")
-        .worker_threads(worker_threads(&cli))
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let outcome = match cli.command {
+        // Its settings size the runtime, so they are resolved before the runtime exists.
+        Command::Serve(args) => settings::Settings::resolve(&args).and_then(|settings| {
+            on_runtime(
+                settings.worker_threads,
+                commands::serve::run(*args, settings),
+            )
+        }),
+        command => on_runtime(settings::default_worker_threads(), run(command)),
     };
-    let outcome = runtime.block_on(run(cli));
-    // Don't wait for stray tasks (e.g. a connection still draining).
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // The log's last lines, before the error (if any) is printed after them.
     logging::flush();
     match outcome {
@@ -51,20 +47,31 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The runtime's worker threads: `cairn serve`'s `worker_threads` setting, one per core
-/// for every other command. Settings that do not resolve get the default here, and
-/// `cairn serve` then stops on them with their error.
-fn worker_threads(cli: &Cli) -> usize {
-    match &cli.command {
-        Command::Serve(args) => settings::Settings::resolve(args)
-            .map_or_else(|_| settings::default_worker_threads(), |s| s.worker_threads),
-        _ => settings::default_worker_threads(),
-    }
+/// Runs `command` on a multi-threaded runtime of `workers` worker threads.
+fn on_runtime(
+    workers: usize,
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn")
+        .worker_threads(workers)
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(command);
+    // Don't wait for stray tasks (e.g. a connection still draining).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => commands::serve::run(*args).await,
+/// Every command but `cairn serve`, which [`main`] starts itself; here it resolves its
+/// own settings.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let settings = settings::Settings::resolve(&args)?;
+            commands::serve::run(*args, settings).await
+        }
         Command::Append(args) => commands::append::run(args).await,
         Command::Read(args) => commands::read::run(args).await,
         Command::Streams(args) => commands::streams::run(args).await,

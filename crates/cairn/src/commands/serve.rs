@@ -14,8 +14,9 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// How long in-flight requests get after a shutdown signal when requests have no timeout.
 const UNLIMITED_REQUESTS_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(&args)?;
+/// Serves with `settings`, resolved from `args` (by `crate::main`, before the runtime
+/// they size exists).
+pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&settings.to_json())?);
         return Ok(());
