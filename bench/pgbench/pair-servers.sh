@@ -5,6 +5,7 @@
 # seconds (default 5) alternate between them (A then B, then B then A), a CHECKPOINT
 # before each, PAIRS times (default 12). Each pair's ratio B/A sees the same machine on
 # both sides. Prints every pair, then the median ratio, its spread and the pairs B won.
+# Both servers are driven by A's `cairn bench`, so only the servers differ.
 #
 #   A=./target/release/cairn B=/tmp/other-cairn B_ENV=CAIRN_WORKER_THREADS=1 \
 #     SCENARIO=append CLIENTS=64 EXTRA="" bench/pgbench/pair-servers.sh
