@@ -376,6 +376,11 @@ const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
 /// always-true `stream_id > 0` (identities start at 1) makes the streams the side it
 /// expects to be smaller.
 ///
+/// The events' columns are unnested in a select list rather than by `UNNEST(a, b, …)`
+/// in `FROM`: both zip the arrays row by row, but the function scan first copies every
+/// row into a tuple store, while select-list `UNNEST`s stream the rows straight into
+/// the join (a `ProjectSet`). That copy was ~7% of the writer's backend on batches.
+///
 /// The text is written once, as a macro, for both statements that write a batch: this
 /// one, and `COMMIT_CACHED`, which adds CTEs before (`$before`, ending in a comma) and
 /// after (`$after`), makes the events' insert a CTE of its own (`$open`, closed by
@@ -412,8 +417,9 @@ macro_rules! streams_and_events {
      SELECT u.position, u.id, s.stream_id, u.version, u.type, u.category, u.data, u.metadata,
             CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT json_array_elements_text(u.tags::json)) END,
             $5
-     FROM UNNEST($7::int8[], $8::uuid[], $9::text[], $10::int8[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
-          AS u(position, id, stream, version, type, category, data, metadata, tags)
+     FROM (SELECT UNNEST($7::int8[]) AS position, UNNEST($8::uuid[]) AS id, UNNEST($9::text[]) AS stream,
+                  UNNEST($10::int8[]) AS version, UNNEST($11::text[]) AS type, UNNEST($12::text[]) AS category,
+                  UNNEST($13::text[]) AS data, UNNEST($14::text[]) AS metadata, UNNEST($15::text[]) AS tags) AS u
      LEFT JOIN (SELECT name, stream_id FROM s WHERE stream_id > 0) AS s ON s.name = u.stream",
             $gate,
             $after
