@@ -34,8 +34,10 @@ const WRITE_EVENTS: &str = "INSERT INTO events (position, id, stream_id, version
             u.version, u.type, u.category, u.data, u.metadata,
             CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT json_array_elements_text(u.tags::json)) END,
             u.recorded_at
-     FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
-          AS u(position, id, stream, version, type, category, data, metadata, tags, recorded_at)";
+     FROM (SELECT UNNEST($1::int8[]) AS position, UNNEST($2::uuid[]) AS id, UNNEST($3::text[]) AS stream,
+                  UNNEST($4::int8[]) AS version, UNNEST($5::text[]) AS type, UNNEST($6::text[]) AS category,
+                  UNNEST($7::text[]) AS data, UNNEST($8::text[]) AS metadata, UNNEST($9::text[]) AS tags,
+                  UNNEST($10::int8[]) AS recorded_at) AS u";
 const WRITE_TAGS: &str = "INSERT INTO event_tags (tag, position)
      SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING";
 const WRITE_HEAD: &str = "UPDATE cairn_head SET position = $1, recorded_at = GREATEST(recorded_at, $2), revision = revision + 1 WHERE id = 1";
