@@ -25,7 +25,7 @@ psql -X "$server/postgres" -qc 'DROP DATABASE IF EXISTS cairn_head_lock' -c 'CRE
 psql -X "$server/cairn_head_lock" -q -f "$here/schema.sql" >/dev/null
 psql -X "$server/cairn_head_lock" -qc 'CREATE TABLE head (id int PRIMARY KEY, revision bigint NOT NULL); INSERT INTO head VALUES (1, 0)'
 rows="INSERT INTO ceiling_events (id, stream_id, version, type, category, data, metadata, recorded_at)
-SELECT gen_random_uuid(), (random() * 1e12)::bigint, 1, 'Benchmarked', 'bench',
+SELECT ceiling_uuid_v7(), (random() * 1e12)::bigint, 1, 'Benchmarked', 'bench',
        '{\"n\":\"' || lpad(to_hex(g), 16, '0') || '\",\"pad\":\"' || repeat('x', 274) || '\"}',
        '{}', (extract(epoch from clock_timestamp()) * 1000000)::bigint
 FROM generate_series(1, 32) AS g;"

@@ -7,14 +7,23 @@
 # machine's speed, which drifts on this shared box by a factor of two within minutes,
 # moves both sides of a ratio alike. Prints every pair, then the median ratio and its
 # spread. Both tables grow through the run (neither is recreated between slices).
+# SCENARIO=batch pairs the batch target the same way instead: pgbench's 100-row
+# `INSERT ... SELECT` transactions (batch100.sql) against Cairn's 100-event batches,
+# both at CLIENTS (default 16 then), in rows and events a second.
 #
 #   CAIRN=./target/release/cairn PAIRS=12 SLICE=5 CLIENTS=64 bench/pgbench/paired.sh
+#   SCENARIO=batch bench/pgbench/paired.sh
 set -eu
 B="${CAIRN:-./target/release/cairn}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
 pairs="${PAIRS:-12}"
 slice="${SLICE:-5}"
-clients="${CLIENTS:-64}"
+scenario="${SCENARIO:-single}"
+case "$scenario" in
+  single) script=single.sql rows=1 clients="${CLIENTS:-64}" cairn_args=(append) ;;
+  batch) script=batch100.sql rows=100 clients="${CLIENTS:-16}" cairn_args=(append-batch --batch-size 100) ;;
+  *) echo "SCENARIO is single or batch, not $scenario" >&2; exit 2 ;;
+esac
 here="$(cd "$(dirname "$0")" && pwd)"
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 data="$(mktemp -d)"
@@ -36,10 +45,10 @@ ratios=()
 printf '%-5s %14s %14s %7s\n' pair pgbench/s cairn/s ratio
 for ((i = 1; i <= pairs; i++)); do
   quiet
-  p=$(pgbench -n -f "$here/single.sql" -c "$clients" -j 2 -T "$slice" "$PG/cairn_ceiling" 2>/dev/null |
-    awk -F'= ' '/^tps/ { split($2, v, " "); printf "%.0f", v[1] }')
+  p=$(pgbench -n -f "$here/$script" -c "$clients" -j 2 -T "$slice" "$PG/cairn_ceiling" 2>/dev/null |
+    awk -F'= ' -v rows="$rows" '/^tps/ { split($2, v, " "); printf "%.0f", v[1] * rows }')
   quiet
-  c=$("$B" bench append --clients "$clients" --duration "${slice}s" --url http://127.0.0.1:7300 --json 2>/dev/null |
+  c=$("$B" bench "${cairn_args[@]}" --clients "$clients" --duration "${slice}s" --url http://127.0.0.1:7300 --json 2>/dev/null |
     python3 -c 'import json,sys; print(round(json.load(sys.stdin)["events_per_s"]))')
   r=$(python3 -c "print(f'{$c/$p:.2f}')")
   ratios+=("$r")
