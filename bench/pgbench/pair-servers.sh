@@ -4,7 +4,8 @@
 # its own fresh database on the system PostgreSQL, and `cairn bench` slices of SLICE
 # seconds (default 5) alternate between them (A then B, then B then A), a CHECKPOINT
 # before each, PAIRS times (default 12). Each pair's ratio B/A sees the same machine on
-# both sides. Prints every pair, then the median ratio, its spread and the pairs B won.
+# both sides. Prints every pair, then the median ratio, its spread and the pairs B won
+# (above 1; ratios.py).
 # Both servers are driven by A's `cairn bench`, so only the servers differ.
 #
 #   A=./target/release/cairn B=/tmp/other-cairn B_ENV=CAIRN_WORKER_THREADS=1 \
@@ -61,10 +62,4 @@ for ((i = 1; i <= pairs; i++)); do
   ratios+=("$r")
   printf '%-5s %12s %12s %7s\n' "$i" "$a" "$b" "$r"
 done
-python3 - "${ratios[@]}" <<'PY'
-import statistics, sys
-r = sorted(float(x) for x in sys.argv[1:])
-won = sum(x > 1 for x in r)
-print(f"median B/A {statistics.median(r):.3f} (min {r[0]:.3f}, max {r[-1]:.3f}, "
-      f"{len(r)} pairs, B won {won})")
-PY
+python3 "$(dirname "$0")/ratios.py" B/A 1 "${ratios[@]}"

@@ -6,7 +6,8 @@
 # pair's ratio is Cairn's rate over the pgbench rate measured just before it, so the
 # machine's speed, which drifts on this shared box by a factor of two within minutes,
 # moves both sides of a ratio alike. Prints every pair, then the median ratio and its
-# spread. Both tables grow through the run (neither is recreated between slices).
+# spread, and how many pairs were above the target (3, or 1 for batches; ratios.py).
+# Both tables grow through the run (neither is recreated between slices).
 # SCENARIO=batch pairs the batch target the same way instead: pgbench's 100-row
 # `INSERT ... SELECT` transactions (batch100.sql) against Cairn's 100-event batches,
 # both at CLIENTS (default 16 then), in rows and events a second.
@@ -20,8 +21,8 @@ pairs="${PAIRS:-12}"
 slice="${SLICE:-5}"
 scenario="${SCENARIO:-single}"
 case "$scenario" in
-  single) script=single.sql rows=1 clients="${CLIENTS:-64}" cairn_args=(append) ;;
-  batch) script=batch100.sql rows=100 clients="${CLIENTS:-16}" cairn_args=(append-batch --batch-size 100) ;;
+  single) script=single.sql rows=1 clients="${CLIENTS:-64}" cairn_args=(append) mark=3 ;;
+  batch) script=batch100.sql rows=100 clients="${CLIENTS:-16}" cairn_args=(append-batch --batch-size 100) mark=1 ;;
   *) echo "SCENARIO is single or batch, not $scenario" >&2; exit 2 ;;
 esac
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -54,8 +55,4 @@ for ((i = 1; i <= pairs; i++)); do
   ratios+=("$r")
   printf '%-5s %14s %14s %7s\n' "$i" "$p" "$c" "$r"
 done
-python3 - "${ratios[@]}" <<'PY'
-import statistics, sys
-r = sorted(float(x) for x in sys.argv[1:])
-print(f"median ratio {statistics.median(r):.2f} (min {r[0]:.2f}, max {r[-1]:.2f}, {len(r)} pairs)")
-PY
+python3 "$here/ratios.py" Cairn/pgbench "$mark" "${ratios[@]}"
