@@ -379,7 +379,7 @@ const LOOKUP_IDS: &str = "SELECT e.id, s.name, e.version, e.position
 /// The events' columns are unnested in a select list rather than by `UNNEST(a, b, …)`
 /// in `FROM`: both zip the arrays row by row, but the function scan first copies every
 /// row into a tuple store, while select-list `UNNEST`s stream the rows straight into
-/// the join (a `ProjectSet`). That copy was ~7% of the writer's backend on batches.
+/// the join (a `ProjectSet`). The copy was 5.5% of the writer's backend on batches.
 ///
 /// The text is written once, as a macro, for both statements that write a batch: this
 /// one, and `COMMIT_CACHED`, which adds CTEs before (`$before`, ending in a comma) and
