@@ -14,8 +14,9 @@ pub const COMMIT_DURATION_SECONDS: &str = "cairn_commit_duration_seconds";
 /// A batch committed on the cached path has no `lock_and_read`: it is decided from
 /// memory and its one round trip (`write_and_commit`) takes the lock.
 pub const COMMIT_PHASE_SECONDS: &str = "cairn_commit_phase_duration_seconds";
-/// PostgreSQL group commits by `path`: `looked_up` (lock, look up, then write) or
-/// `cached` (decided from what the writer remembers, one round trip), counter.
+/// PostgreSQL group commits by `path`: `looked_up` (lock, look up, then write),
+/// `cached` (decided from what the writer remembers, one round trip) or `overlapped`
+/// (decided from memory, written while the batch before it committed), counter.
 pub const GROUP_COMMITS: &str = "cairn_group_commits_total";
 /// Batches that tried the cached path and were looked up instead, by `reason`:
 /// `written_elsewhere` (another transaction wrote since this writer's last commit) or

@@ -1,5 +1,5 @@
 //! `import_events` on PostgreSQL: one transaction per batch that, like every append,
-//! first locks the head row (`cairn_head … FOR UPDATE`), so it takes its turn with
+//! first takes the write turn and locks the head row (`cairn_head … FOR UPDATE`), so it takes its turn with
 //! the writers of every instance; checks the batch against what it then finds
 //! (`crate::import::plan`); writes streams, events and tags in bulk with their own
 //! positions, versions and times; stores the new head (and the latest `recorded_at`)
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::live::CHANNEL;
 use super::read::{from_db, stream_from_db, to_db};
 use super::schema::pg_error;
-use super::writer::EventColumns;
+use super::writer::{EventColumns, TAKE_WRITE_TURN};
 use crate::import::{ExistingStream, ImportLookups, ImportPlan, plan};
 use crate::{ImportError, ImportRecord, ImportSummary, StoreError, Tombstone};
 
@@ -52,6 +52,11 @@ pub(super) async fn import(
     records: &[ImportRecord],
 ) -> Result<(ImportSummary, Option<(Position, Position)>), ImportError> {
     let transaction = client.transaction().await.map_err(pg_error)?;
+    // The write turn first, then the head, as the writer's looked-up path does.
+    transaction
+        .batch_execute(TAKE_WRITE_TURN)
+        .await
+        .map_err(pg_error)?;
     let head_row = transaction
         .query_one(LOCK_HEAD, &[])
         .await

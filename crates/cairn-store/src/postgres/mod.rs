@@ -22,6 +22,13 @@
 //! order; positions are gapless because a transaction that rolls back has written
 //! nothing, including the head.
 //!
+//! One kind of transaction locks the row last: a large batch that overlaps the one
+//! before it (`writer/flight.rs`) writes its rows at `N + 1 …` first, then updates the
+//! row only if it still holds `N` and the revision the batch was decided against, and
+//! rolls back otherwise. Updating the row waits for the transaction that stored `N` to
+//! commit, so the same order holds: its rows become visible after `N`'s, and only
+//! continuing `N`.
+//!
 //! The price is that appends to one database commit one transaction at a time. Group
 //! commit (`writer.rs`, `batch.rs`) makes that cheap: each instance has one writer
 //! task that takes every waiting append, decides them all in memory against what it
@@ -45,7 +52,7 @@
 //!
 //! # Reads and replicas
 //!
-//! Reads use a bounded pool to the primary (the writer has a connection of its own)
+//! Reads use a bounded pool to the primary (the writer has connections of its own)
 //! or, when one has replayed at least the head this instance knows, a pool to a
 //! replica (`replicas.rs`): each replica's replayed head is probed a few times a
 //! second and exported as lag. A replica that fails is out of rotation until a probe
@@ -96,7 +103,7 @@ pub use self::replicas::ReplicaStatus;
 use self::replicas::{Replica, Replicas};
 pub use self::schema::SCHEMA_VERSION;
 use self::schema::{migrate, pg_error, pool_error, schema_version};
-use self::writer::{Command, Writer};
+use self::writer::{Command, MAX_FLIGHTS, Writer};
 use crate::metrics as m;
 use crate::{
     AppendOutcome, AppendRequest, Direction, EventStore, GroupRecord, GroupSettings, LiveBatch,
@@ -146,6 +153,9 @@ pub struct PostgresOptions {
     pub write_timeout: Duration,
     /// How often each replica's replayed position is probed.
     pub replica_probe_interval: Duration,
+    /// The fewest events a batch decided from memory needs to write on a second
+    /// connection while the batch before it commits; 0 turns that off.
+    pub overlap_min_events: usize,
 }
 
 impl PostgresOptions {
@@ -164,6 +174,7 @@ impl PostgresOptions {
             pool_wait_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(15),
             replica_probe_interval: Duration::from_millis(200),
+            overlap_min_events: 200,
         }
     }
 }
@@ -231,8 +242,9 @@ impl PostgresStore {
         ));
         metrics::gauge!(m::HEAD_POSITION).set(head as f64);
 
-        // The writer has a connection of its own, so that reads never keep it waiting.
-        let writer_pool = build_pool(writer_config(&primary_config), 1, &options)?;
+        // The writer has connections of its own, so that reads never keep it waiting:
+        // one per flight in the air at once (`writer/flight.rs`).
+        let writer_pool = build_pool(writer_config(&primary_config), MAX_FLIGHTS, &options)?;
         let (commands_tx, commands_rx) = mpsc::channel(options.queue_depth.max(1));
         let writer = Writer {
             primary: writer_pool.clone(),
@@ -240,6 +252,7 @@ impl PostgresStore {
             idempotency_window: options.idempotency_window,
             max_batch_requests: options.max_batch_requests,
             write_timeout: options.write_timeout,
+            overlap_min_events: options.overlap_min_events,
         };
         // The writer runs on a thread of its own, with its connection's driver: each
         // batch waits on two wake-ups per round trip (the connection's, then the

@@ -28,13 +28,17 @@
 //! as one statement, `COMMIT_CACHED`, a transaction of its own that locks the head on
 //! condition that nothing was written since, then writes (the cached path).
 //!
+//! A large batch decided from memory overlaps the one before it instead (`flight.rs`):
+//! its rows are written on a second connection while the batch before it commits, and
+//! it moves the head once that one has.
+//!
 //! The requests are answered only after the commit returned (`COMMIT`, or the cached
 //! path's statement) and the batch was published (live feed, then head). A commit
 //! whose outcome is unknown (the connection broke while committing) is answered
 //! `Unavailable`, never success: a retry with the same idempotency key or event ids is
 //! then safe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +56,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use self::flight::Flight;
+pub(super) use self::flight::TAKE_WRITE_TURN;
 use super::batch::{BatchState, Lookups};
 use super::known::{Cached, KnownLog};
 use super::live::{CHANNEL, LIVE_BATCH_MAX, Publisher};
@@ -110,6 +116,9 @@ fn failure(error: tokio_postgres::Error) -> BatchFailure {
 
 /// The most events one batch takes (requests beyond it wait for the next batch).
 const MAX_BATCH_EVENTS: usize = 20_000;
+/// The most flights in the air at once: while the oldest commits, the rows of the two
+/// behind it are written. Also the writer's connections.
+pub(super) const MAX_FLIGHTS: usize = 3;
 
 pub(crate) struct Writer {
     pub(crate) primary: Pool,
@@ -118,26 +127,131 @@ pub(crate) struct Writer {
     pub(crate) max_batch_requests: usize,
     /// The longest a batch may take, from taking a connection to the commit.
     pub(crate) write_timeout: Duration,
+    /// The fewest events a batch needs to overlap the one before it (`flight.rs`); 0
+    /// never.
+    pub(crate) overlap_min_events: usize,
+}
+
+/// The requests gathered for the next batch.
+#[derive(Default)]
+struct Gathered {
+    batch: Vec<Command>,
+    events: usize,
+}
+
+impl Gathered {
+    fn of(batch: Vec<Command>) -> Self {
+        let events = batch.iter().map(Command::events).sum();
+        Self { batch, events }
+    }
+
+    fn push(&mut self, command: Command) {
+        self.events += command.events();
+        self.batch.push(command);
+    }
+
+    /// Whether the batch takes no more requests.
+    fn full(&self, max: usize) -> bool {
+        self.batch.len() >= max || self.events >= MAX_BATCH_EVENTS
+    }
+
+    fn take(&mut self) -> Vec<Command> {
+        self.events = 0;
+        std::mem::take(&mut self.batch)
+    }
 }
 
 impl Writer {
     pub(crate) async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let max = self.max_batch_requests.max(1);
         let mut known = KnownLog::default();
-        while let Some(first) = commands.recv().await {
-            let mut events = first.events();
-            let mut batch = Vec::with_capacity(max.min(64));
-            batch.push(first);
-            while batch.len() < max && events < MAX_BATCH_EVENTS {
+        // Large batches decided from memory whose rows are being written, oldest first;
+        // each lands (commits) after the one before it (`flight.rs`).
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        // The next batch, gathered while flights are in the air.
+        let mut pending = Gathered::default();
+        // The pending batch cannot overlap the flights in the air: it waits for them.
+        let mut grounded = false;
+        loop {
+            while !pending.full(max) {
                 match commands.try_recv() {
-                    Ok(command) => {
-                        events += command.events();
-                        batch.push(command);
-                    }
+                    Ok(command) => pending.push(command),
                     Err(_) => break,
                 }
             }
-            self.commit(batch, &mut known).await;
+            if flights.is_empty() {
+                if pending.batch.is_empty() {
+                    match commands.recv().await {
+                        Some(command) => {
+                            pending.push(command);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                match self.take_off(pending.take(), &flights, &mut known).await {
+                    Ok(flight) => flights.push_back(flight),
+                    Err(batch) => self.commit(batch, &mut known).await,
+                }
+                continue;
+            }
+            if !grounded
+                && flights.len() < MAX_FLIGHTS
+                && pending.events >= self.overlap_min_events.max(1)
+            {
+                match self.take_off(pending.take(), &flights, &mut known).await {
+                    Ok(flight) => flights.push_back(flight),
+                    Err(batch) => {
+                        pending = Gathered::of(batch);
+                        grounded = true;
+                    }
+                }
+                continue;
+            }
+            // Wait for the oldest flight's rows, gathering the next batch meanwhile.
+            let Some(oldest) = flights.front_mut() else {
+                continue;
+            };
+            let landing = if pending.full(max) {
+                oldest.wait().await;
+                true
+            } else {
+                tokio::select! {
+                    biased;
+                    () = oldest.wait() => true,
+                    command = commands.recv() => match command {
+                        Some(command) => {
+                            pending.push(command);
+                            false
+                        }
+                        None => true,
+                    },
+                }
+            };
+            if !landing {
+                continue;
+            }
+            grounded = false;
+            let Some(oldest) = flights.pop_front() else {
+                continue;
+            };
+            if let Err(rerun) = self.land(oldest, &mut known).await {
+                // The flights behind it were decided as if it had committed: none may
+                // commit. All are rolled back before anything is looked up (a lookup
+                // waits for every flight's transaction to end, `flight.rs`), then
+                // committed again in order.
+                let mut behind = Vec::with_capacity(flights.len());
+                while let Some(flight) = flights.pop_front() {
+                    behind.push(self.abort(flight).await);
+                }
+                known.forget();
+                if let Some(batch) = rerun {
+                    self.commit(batch, &mut known).await;
+                }
+                for batch in behind {
+                    self.commit(batch, &mut known).await;
+                }
+            }
         }
         tracing::debug!("PostgreSQL writer stopped: no more senders");
     }
@@ -168,25 +282,7 @@ impl Writer {
                         error
                     }
                 };
-                let decisions = match decisions {
-                    // Refusals stand; what would have succeeded gets the error.
-                    Some(decisions) => decisions
-                        .into_iter()
-                        .map(|decision| match decision {
-                            Decision::Append(Ok(_)) => Decision::Append(Err(error.clone())),
-                            Decision::Delete(Ok(_)) => Decision::Delete(Err(error.clone())),
-                            refused => refused,
-                        })
-                        .collect(),
-                    None => batch
-                        .iter()
-                        .map(|command| match command {
-                            Command::Append { .. } => Decision::Append(Err(error.clone())),
-                            Command::Delete { .. } => Decision::Delete(Err(error.clone())),
-                        })
-                        .collect(),
-                };
-                answer(batch, decisions);
+                answer_failure(batch, error, decisions);
             }
         }
     }
@@ -248,13 +344,49 @@ impl Writer {
                 }
             }
         };
+        Ok(self.publish(committed).await)
+    }
+
+    /// Publishes a committed batch (live feed, then head) and hands back its answers.
+    async fn publish(&self, committed: Committed) -> Vec<Decision> {
         if let Some((first, last)) = committed.appended {
             let events = (committed.events.len() <= LIVE_BATCH_MAX).then_some(committed.events);
             self.publisher.committed_here(first, last, events).await;
             metrics::counter!(m::APPENDED_EVENTS).increment(last - first + 1);
         }
-        Ok(committed.decisions)
+        committed.decisions
     }
+}
+
+/// Answers a batch that did not commit: refusals stand (when the batch got as far as
+/// its decisions); what would have succeeded gets the error.
+fn answer_failure(batch: Vec<Command>, error: StoreError, decisions: Option<Vec<Decision>>) {
+    let decisions = match decisions {
+        Some(decisions) => decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Decision::Append(Ok(_)) => Decision::Append(Err(error.clone())),
+                Decision::Delete(Ok(_)) => Decision::Delete(Err(error.clone())),
+                refused => refused,
+            })
+            .collect(),
+        None => batch
+            .iter()
+            .map(|command| match command {
+                Command::Append { .. } => Decision::Append(Err(error.clone())),
+                Command::Delete { .. } => Decision::Delete(Err(error.clone())),
+            })
+            .collect(),
+    };
+    answer(batch, decisions);
+}
+
+/// Whether any request of the batch was refused.
+fn refused(decisions: &[Decision]) -> bool {
+    decisions.iter().any(|decision| match decision {
+        Decision::Append(result) => result.is_err(),
+        Decision::Delete(result) => result.is_err(),
+    })
 }
 
 fn answer(batch: Vec<Command>, decisions: Vec<Decision>) {
@@ -298,9 +430,11 @@ impl Committed {
 /// Parameters for a pipelined statement.
 macro_rules! sql_params {
     ($($value:expr),* $(,)?) => {
-        vec![$($value as &(dyn ToSql + Sync)),*]
+        vec![$($value as &(dyn tokio_postgres::types::ToSql + Sync)),*]
     };
 }
+
+mod flight;
 
 type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -347,8 +481,10 @@ fn simple<'a>(
 /// The lookups below read through their unique indexes whatever their values, so each
 /// keeps one generic plan instead of being planned for every batch; made with sequential
 /// scans off, that plan is an index scan even when it is first made on an empty table.
+/// It also takes the write turn before the head lock (see `flight.rs`).
 const BEGIN_WITH_INDEX_PLANS: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;
+     SELECT pg_advisory_xact_lock(7161120822688481282)";
 /// After the lookups, when the batch has append conditions: their queries are planned
 /// for their values. (Without any, the settings above last into the writing round trip,
 /// whose statements read no table but through an index either way.)
@@ -566,11 +702,7 @@ async fn commit_cached(
     let phase_started = Instant::now();
     let lookups = Lookups::from_cached(cached);
     let (decisions, mut state) = decide(batch, lookups);
-    let refused = decisions.iter().any(|decision| match decision {
-        Decision::Append(result) => result.is_err(),
-        Decision::Delete(result) => result.is_err(),
-    });
-    if refused {
+    if refused(&decisions) {
         return Err(CachedMiss::Refusal);
     }
     let decided = phase_started.elapsed();

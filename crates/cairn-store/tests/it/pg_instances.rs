@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use cairn_core::{EventFilter, ExpectedVersion};
 use cairn_store::conformance::{event, stream, whole_log};
-use cairn_store::postgres::PostgresStore;
+use cairn_store::postgres::{PostgresOptions, PostgresStore};
 use cairn_store::tail::LogTail;
-use cairn_store::{AppendOutcome, AppendRequest, Direction, SharedStore, StoreError, testing};
+use cairn_store::{
+    AppendOutcome, AppendRequest, AppendResult, Direction, IdempotencyClaim, SharedStore,
+    StoreError, testing,
+};
 
 use crate::postgres::options;
 
@@ -36,13 +39,29 @@ const TOTAL: u64 = WRITERS as u64 * PER_WRITER;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_six_writers_readers_see_every_position_once_in_order() {
+    six_writers_on_three_instances(None).await;
+}
+
+/// The same with every batch an instance can decide from memory overlapping the one
+/// before it (`overlap_min_events` 1), so that instances' overlapped commits meet each
+/// other's and their looked-up ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_batches_keep_every_position_once_in_order() {
+    six_writers_on_three_instances(Some(1)).await;
+}
+
+async fn six_writers_on_three_instances(overlap_min_events: Option<usize>) {
     let Some(database) = testing::shared_database().await else {
         return;
     };
+    let mut options = options(&database);
+    if let Some(min) = overlap_min_events {
+        options.overlap_min_events = min;
+    }
     let mut instances: Vec<SharedStore> = Vec::new();
     for _ in 0..4 {
         instances.push(Arc::new(
-            PostgresStore::connect(options(&database)).await.unwrap(),
+            PostgresStore::connect(options.clone()).await.unwrap(),
         ));
     }
     let reader_instance = Arc::clone(&instances[3]);
@@ -220,4 +239,242 @@ async fn one_winner_per_expected_version_across_instances() {
     assert_eq!(winners, 1);
     let info = instances[1].stream_info(&stream("race")).await.unwrap();
     assert_eq!((info.version, info.position), (1, 2));
+}
+
+/// One instance whose writers keep its queue full, with every batch it can decide from
+/// memory overlapping the one before it (`overlap_min_events` 1): batches to streams
+/// of their own overlap, batches sharing a stream or an idempotency key wait for the
+/// one before them, and a key sent twice at once is committed once and replayed once.
+/// Every acknowledged event is in the log once, at its position, with no gap, and
+/// each stream's versions follow the expected versions its writer sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_batches_on_one_instance_keep_the_log_whole() {
+    const TASKS: usize = 12;
+    const ROUNDS: u64 = 30;
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let store: SharedStore = Arc::new(
+        PostgresStore::connect(PostgresOptions {
+            overlap_min_events: 1,
+            ..options(&database)
+        })
+        .await
+        .unwrap(),
+    );
+    let keyed = |key: String| AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key,
+            fingerprint: [5; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..AppendRequest::single(
+            stream("keyed"),
+            ExpectedVersion::Any,
+            vec![event("K", "{}")],
+        )
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let name = format!("own-{task}");
+                let mut version: Option<u64> = None;
+                for round in 0..ROUNDS {
+                    let events: Vec<_> = (0..=round % 4).map(|_| event("E", "{}")).collect();
+                    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+                    let expected =
+                        version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let outcome = store
+                        .append(AppendRequest::single(stream(&name), expected, events))
+                        .await
+                        .unwrap_or_else(|error| panic!("{name}, round {round}: {error}"));
+                    let AppendOutcome::Committed(result) = outcome else {
+                        panic!("{name}, round {round}: replayed")
+                    };
+                    assert_eq!(
+                        result.streams[0].first_version,
+                        version.map_or(0, |v| v + 1),
+                        "{name}, round {round}"
+                    );
+                    version = Some(result.streams[0].last_version);
+                    acknowledged.extend((result.first_position..=result.last_position).zip(ids));
+                    if round % 5 == 0 {
+                        // The same keyed request twice at once.
+                        let key = format!("key-{task}-{round}");
+                        let request = keyed(key.clone());
+                        let id = request.events[0].1.id;
+                        let (first, second) =
+                            tokio::join!(store.append(request.clone()), store.append(request));
+                        let mut committed = None;
+                        let mut replayed = None;
+                        for outcome in [first, second] {
+                            match outcome.unwrap_or_else(|error| panic!("{key}: {error}")) {
+                                AppendOutcome::Committed(result) => {
+                                    assert!(committed.is_none(), "{key} committed twice");
+                                    committed = Some(result);
+                                }
+                                AppendOutcome::Replayed { body } => replayed = Some(body),
+                            }
+                        }
+                        let committed = committed.expect("one of the two commits");
+                        assert_eq!(
+                            replayed,
+                            Some(format!("{{\"p\":{}}}", committed.first_position)),
+                            "{key}"
+                        );
+                        acknowledged.push((committed.first_position, id));
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = HashMap::new();
+    for task in tasks {
+        for (position, id) in task.await.unwrap() {
+            assert!(
+                acknowledged.insert(position, id).is_none(),
+                "position {position} acknowledged twice"
+            );
+        }
+    }
+    let total = acknowledged.len() as u64;
+    let log = whole_log(store.as_ref()).await;
+    let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=total).collect::<Vec<_>>());
+    for event in &log {
+        assert_eq!(acknowledged.get(&event.position), Some(&event.id));
+    }
+    assert!(log.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));
+    for task in 0..TASKS {
+        let slice = store
+            .read_stream(
+                &stream(&format!("own-{task}")),
+                None,
+                Direction::Forward,
+                1000,
+            )
+            .await
+            .unwrap();
+        let versions: Vec<u64> = slice.events.iter().map(|e| e.version).collect();
+        assert_eq!(versions, (0..versions.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            versions.len() as u64,
+            (0..ROUNDS).map(|r| r % 4 + 1).sum::<u64>()
+        );
+    }
+}
+
+/// A flight whose rows fail (an idempotency key it assumed absent is there after all)
+/// takes down the flight behind it, which was decided as if the first had committed:
+/// both batches are committed again from a lookup, in order. Both flights are held in
+/// the air on the write turn (an advisory lock another session holds) until both wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let store: SharedStore = Arc::new(
+        PostgresStore::connect(PostgresOptions {
+            overlap_min_events: 1,
+            ..options(&database)
+        })
+        .await
+        .unwrap(),
+    );
+    // Two commits, so that the writer decides the next batches from memory.
+    for name in ["warm-1", "warm-2"] {
+        crate::postgres::append_one(store.as_ref(), name).await;
+    }
+    let other = crate::postgres::sql(&database.primary_url).await;
+    other
+        .batch_execute("SELECT pg_advisory_lock(7161120822688481282)")
+        .await
+        .unwrap();
+    let keyed = AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: "stored-meanwhile".into(),
+            fingerprint: [6; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..AppendRequest::single(
+            stream("first"),
+            ExpectedVersion::Any,
+            vec![event("A", "{}")],
+        )
+    };
+    let first = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.append(keyed).await }
+    });
+    let waiting = || async {
+        other
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    while waiting().await < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let behind = event("B", "{}");
+    let behind_id = behind.id;
+    let second = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .append(AppendRequest::single(
+                    stream("second"),
+                    ExpectedVersion::NoStream,
+                    vec![behind],
+                ))
+                .await
+        }
+    });
+    while waiting().await < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The key the first flight assumed absent, stored meanwhile with the same
+    // fingerprint, then the write turn released.
+    other
+        .execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, response, created_at)
+             VALUES ('stored-meanwhile', $1, '{\"p\":42}', $2)",
+            &[&vec![6u8; 32], &cairn_core::now_micros()],
+        )
+        .await
+        .unwrap();
+    other
+        .batch_execute("SELECT pg_advisory_unlock(7161120822688481282)")
+        .await
+        .unwrap();
+
+    match first.await.unwrap().unwrap() {
+        AppendOutcome::Replayed { body } => assert_eq!(body, "{\"p\":42}"),
+        AppendOutcome::Committed(result) => panic!("committed over a stored key: {result:?}"),
+    }
+    let AppendOutcome::Committed(result) = second.await.unwrap().unwrap() else {
+        panic!("the batch behind was replayed");
+    };
+    // The first batch wrote nothing, so the second continues the head left by the
+    // warm-up commits.
+    assert_eq!((result.first_position, result.last_position), (3, 3));
+    let log = whole_log(store.as_ref()).await;
+    let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2, 3]);
+    assert_eq!(log[2].id, behind_id);
+    // Both batches are in the store's answers as committed again: the stream the
+    // second created is there, and the first's is not.
+    let first_stream = store
+        .read_stream(&stream("first"), None, Direction::Forward, 10)
+        .await;
+    assert!(
+        matches!(first_stream, Err(StoreError::StreamNotFound(_))),
+        "{first_stream:?}"
+    );
 }

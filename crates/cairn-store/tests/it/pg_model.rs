@@ -189,7 +189,18 @@ async fn log(store: &dyn EventStore) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_answer_every_request_as_the_embedded_store_does() {
     for seed in [0x5eed_cafe_u64, 0x0dd_ba11, 0xfee1_900d] {
-        if !agree_on(seed).await {
+        if !agree_on(seed, None).await {
+            return;
+        }
+    }
+}
+
+/// The same with every batch that can be decided from memory overlapping the one
+/// before it (`overlap_min_events` 1: a flight for any batch, however small).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_batches_answer_every_request_as_the_embedded_store_does() {
+    for seed in [0xf1_1e5_u64, 0xa11_d0e5, 0xbe7_1a95] {
+        if !agree_on(seed, Some(1)).await {
             return;
         }
     }
@@ -197,12 +208,16 @@ async fn two_instances_answer_every_request_as_the_embedded_store_does() {
 
 /// Runs one seed's sequence on fresh stores; `false` when the PostgreSQL tests are
 /// skipped.
-async fn agree_on(seed: u64) -> bool {
+async fn agree_on(seed: u64, overlap_min_events: Option<usize>) -> bool {
     let Some(database) = testing::shared_database().await else {
         return false;
     };
-    let a = PostgresStore::connect(options(&database)).await.unwrap();
-    let b = PostgresStore::connect(options(&database)).await.unwrap();
+    let mut options = options(&database);
+    if let Some(min) = overlap_min_events {
+        options.overlap_min_events = min;
+    }
+    let a = PostgresStore::connect(options.clone()).await.unwrap();
+    let b = PostgresStore::connect(options).await.unwrap();
     let (reference, _dir) = crate::new_store().await;
 
     let mut draw = Draw(seed);

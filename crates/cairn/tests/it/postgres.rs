@@ -177,6 +177,8 @@ fn two_instances_on_one_database_share_one_gapless_log() {
     let commits = count("cairn_commit_duration_seconds_count ");
     let looked_up = count("cairn_group_commits_total{path=\"looked_up\"} ");
     let cached = count("cairn_group_commits_total{path=\"cached\"} ");
+    // Batches this small never overlap (`--help`'s default is 200 events).
+    assert!(!metrics.contains("path=\"overlapped\""), "{metrics}");
     assert!(cached >= 2, "{cached} cached commits");
     assert_eq!(looked_up + cached, commits);
     assert!(count("cairn_cached_commit_misses_total{reason=\"written_elsewhere\"} ") >= 1);
@@ -204,6 +206,89 @@ fn two_instances_on_one_database_share_one_gapless_log() {
         assert!(listening.contains("\"store\":\"postgres\""), "{listening}");
         assert!(listening.contains("postgres:***@127.0.0.1"), "{listening}");
     }
+}
+
+/// 100-event appends from 16 clients at once: with the defaults, batches overlap (a
+/// batch's rows are written while the one before it commits), and the log stays whole:
+/// every answered position once, in order, each stream's versions as its client
+/// expected them.
+#[test]
+fn large_batches_from_many_clients_overlap_and_keep_the_log_whole() {
+    const CLIENTS: u64 = 16;
+    const ROUNDS: u64 = 8;
+    const EVENTS: u64 = 100;
+    let runtime = runtime();
+    let Some(TestDatabase { primary_url, .. }) = runtime.block_on(shared_database()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &primary_url, &[]);
+    let client = Client::new(&server.url).unwrap();
+    runtime.block_on(async {
+        let writers = (0..CLIENTS).map(|writer| {
+            let client = &client;
+            async move {
+                let stream = format!("batch-{writer}");
+                let mut answers = Vec::new();
+                for round in 0..ROUNDS {
+                    let expected = if round == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(round * EVENTS - 1)
+                    };
+                    let events = (0..EVENTS)
+                        .map(|n| event("Batched", json!({ "round": round, "n": n })))
+                        .collect();
+                    let answer = client
+                        .append(&stream, expected, events)
+                        .await
+                        .unwrap_or_else(|error| panic!("{stream}, round {round}: {error}"));
+                    assert_eq!(answer.first_version, round * EVENTS, "{stream}");
+                    assert_eq!(answer.last_position - answer.first_position, EVENTS - 1);
+                    answers.push(answer);
+                }
+                answers
+            }
+        });
+        let answers = futures::future::join_all(writers).await;
+        let total = CLIENTS * ROUNDS * EVENTS;
+        let mut answered: Vec<(u64, String)> = answers
+            .iter()
+            .flatten()
+            .flat_map(|answer| {
+                (answer.first_position..=answer.last_position).map(|p| (p, answer.stream.clone()))
+            })
+            .collect();
+        answered.sort_unstable();
+        let mut read = Vec::new();
+        let mut from = 1;
+        while from <= total {
+            let page = client
+                .read_all(&ReadAllOptions {
+                    from_position: Some(from),
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.head_position, total);
+            read.extend(
+                page.events
+                    .iter()
+                    .map(|event| (event.position, event.stream.clone())),
+            );
+            from = page.next_from_position;
+        }
+        assert_eq!(read, answered, "the log read is the log answered");
+        assert_eq!(read.len() as u64, total);
+    });
+    let (status, metrics) = http_get(server.address(), "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let overlapped = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("cairn_group_commits_total{path=\"overlapped\"} "))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    assert!(overlapped.is_some_and(|count| count >= 1), "{metrics}");
 }
 
 #[test]
