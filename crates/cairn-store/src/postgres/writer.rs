@@ -956,6 +956,43 @@ impl<'a> WriteColumns<'a> {
         self.writes_streams() || !self.key_names.is_empty()
     }
 
+    /// Adds the statements that write the batch's rows (streams and events, tags,
+    /// keys), those it has, to a pipelined round.
+    fn push_rows(
+        &'a self,
+        round: &mut Vec<Pending<'a, Result<Vec<Row>, tokio_postgres::Error>>>,
+        client: &'a Client,
+        statements: RowStatements<'a>,
+    ) {
+        let events = &self.events;
+        if self.writes_streams() {
+            round.push(query(
+                client,
+                statements.streams_and_events,
+                self.streams_and_events(),
+            ));
+        }
+        if !events.tag_names.is_empty() {
+            round.push(query(
+                client,
+                statements.tags,
+                sql_params![&events.tag_names, &events.tag_positions],
+            ));
+        }
+        if !self.key_names.is_empty() {
+            round.push(query(
+                client,
+                statements.keys,
+                sql_params![
+                    &self.key_names,
+                    &self.key_fingerprints,
+                    &self.key_responses,
+                    &self.recorded_at
+                ],
+            ));
+        }
+    }
+
     /// `WRITE_STREAMS_AND_EVENTS`'s parameters (`COMMIT_CACHED`'s first 18).
     fn streams_and_events(&self) -> Vec<&(dyn ToSql + Sync)> {
         [
@@ -974,6 +1011,14 @@ impl<'a> WriteColumns<'a> {
     }
 }
 
+/// The statements that write a batch's rows; the keys' differs between the looked-up
+/// path (an expired key is replaced) and a flight (a key there fails the transaction).
+struct RowStatements<'a> {
+    streams_and_events: &'a tokio_postgres::Statement,
+    tags: &'a tokio_postgres::Statement,
+    keys: &'a tokio_postgres::Statement,
+}
+
 /// The looked-up path's writing round trip, inside its transaction (which holds the
 /// head lock): every write of the batch, the head, the notification and the commit.
 /// `COMMIT` of a transaction that a failed statement aborted answers as a rollback,
@@ -987,35 +1032,17 @@ async fn write_and_commit(
     state: &BatchState,
 ) -> Result<bool, tokio_postgres::Error> {
     let columns = WriteColumns::new(state);
-    let events = &columns.events;
     let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
         vec![simple(client, GENERIC_PLANS)];
-    if columns.writes_streams() {
-        round.push(query(
-            client,
-            &statements.write_streams_and_events,
-            columns.streams_and_events(),
-        ));
-    }
-    if !events.tag_names.is_empty() {
-        round.push(query(
-            client,
-            &statements.write_tags,
-            sql_params![&events.tag_names, &events.tag_positions],
-        ));
-    }
-    if !columns.key_names.is_empty() {
-        round.push(query(
-            client,
-            &statements.write_keys,
-            sql_params![
-                &columns.key_names,
-                &columns.key_fingerprints,
-                &columns.key_responses,
-                &columns.recorded_at
-            ],
-        ));
-    }
+    columns.push_rows(
+        &mut round,
+        client,
+        RowStatements {
+            streams_and_events: &statements.write_streams_and_events,
+            tags: &statements.write_tags,
+            keys: &statements.write_keys,
+        },
+    );
     let wrote = columns.wrote();
     if wrote {
         round.push(query(

@@ -16,6 +16,7 @@ use cairn_core::{EventFilter, ExpectedVersion};
 use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::{PostgresOptions, PostgresStore};
 use cairn_store::tail::LogTail;
+use cairn_store::testing::TestDatabase;
 use cairn_store::{
     AppendOutcome, AppendRequest, AppendResult, Direction, IdempotencyClaim, SharedStore,
     StoreError, testing,
@@ -241,6 +242,32 @@ async fn one_winner_per_expected_version_across_instances() {
     assert_eq!((info.version, info.position), (1, 2));
 }
 
+/// A store on `database` that flies every batch it can decide from memory, however
+/// small (`overlap_min_events` 1).
+async fn flying_store(database: &TestDatabase) -> SharedStore {
+    Arc::new(
+        PostgresStore::connect(PostgresOptions {
+            overlap_min_events: 1,
+            ..options(database)
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+/// One event appended to `name` under an idempotency key; the answer it stores is
+/// `{"p":<first position>}`.
+fn keyed_append(key: &str, fingerprint: [u8; 32], name: &str) -> AppendRequest {
+    AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: key.into(),
+            fingerprint,
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..AppendRequest::single(stream(name), ExpectedVersion::Any, vec![event("E", "{}")])
+    }
+}
+
 /// One instance whose writers keep its queue full, with every batch it can decide from
 /// memory overlapping the one before it (`overlap_min_events` 1): batches to streams
 /// of their own overlap, batches sharing a stream or an idempotency key wait for the
@@ -254,26 +281,8 @@ async fn overlapped_batches_on_one_instance_keep_the_log_whole() {
     let Some(database) = testing::shared_database().await else {
         return;
     };
-    let store: SharedStore = Arc::new(
-        PostgresStore::connect(PostgresOptions {
-            overlap_min_events: 1,
-            ..options(&database)
-        })
-        .await
-        .unwrap(),
-    );
-    let keyed = |key: String| AppendRequest {
-        idempotency: Some(IdempotencyClaim {
-            key,
-            fingerprint: [5; 32],
-            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
-        }),
-        ..AppendRequest::single(
-            stream("keyed"),
-            ExpectedVersion::Any,
-            vec![event("K", "{}")],
-        )
-    };
+    let store = flying_store(&database).await;
+    let keyed = |key: String| keyed_append(&key, [5; 32], "keyed");
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
             let store = Arc::clone(&store);
@@ -376,14 +385,7 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
     let Some(database) = testing::shared_database().await else {
         return;
     };
-    let store: SharedStore = Arc::new(
-        PostgresStore::connect(PostgresOptions {
-            overlap_min_events: 1,
-            ..options(&database)
-        })
-        .await
-        .unwrap(),
-    );
+    let store = flying_store(&database).await;
     // Two commits, so that the writer decides the next batches from memory.
     for name in ["warm-1", "warm-2"] {
         crate::postgres::append_one(store.as_ref(), name).await;
@@ -393,18 +395,7 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
         .batch_execute("SELECT pg_advisory_lock(7161120822688481282)")
         .await
         .unwrap();
-    let keyed = AppendRequest {
-        idempotency: Some(IdempotencyClaim {
-            key: "stored-meanwhile".into(),
-            fingerprint: [6; 32],
-            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
-        }),
-        ..AppendRequest::single(
-            stream("first"),
-            ExpectedVersion::Any,
-            vec![event("A", "{}")],
-        )
-    };
+    let keyed = keyed_append("stored-meanwhile", [6; 32], "first");
     let first = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.append(keyed).await }

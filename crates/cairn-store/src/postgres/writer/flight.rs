@@ -46,9 +46,9 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
-    CHANNEL, Command, Committed, Decision, KnownLog, Lookups, NOTIFY, WRITE_STREAMS_AND_EVENTS,
-    WRITE_TAGS, WriteColumns, Writer, answer_failure, decide, pipeline, query,
-    record_phase_elapsed, refused, simple,
+    CHANNEL, Command, Committed, Decision, KnownLog, Lookups, NOTIFY, RowStatements,
+    WRITE_STREAMS_AND_EVENTS, WRITE_TAGS, WriteColumns, Writer, answer_failure, decide, pipeline,
+    query, record_phase_elapsed, refused, simple,
 };
 use crate::StoreError;
 use crate::metrics as m;
@@ -368,34 +368,16 @@ async fn write(
 ) -> Result<FlightStatements, tokio_postgres::Error> {
     let statements = FlightStatements::prepare(client).await?;
     let columns = WriteColumns::new(state);
-    let events = &columns.events;
     let mut round = vec![simple(client, BEGIN_FLIGHT)];
-    if columns.writes_streams() {
-        round.push(query(
-            client,
-            &statements.write_streams_and_events,
-            columns.streams_and_events(),
-        ));
-    }
-    if !events.tag_names.is_empty() {
-        round.push(query(
-            client,
-            &statements.write_tags,
-            sql_params![&events.tag_names, &events.tag_positions],
-        ));
-    }
-    if !columns.key_names.is_empty() {
-        round.push(query(
-            client,
-            &statements.write_new_keys,
-            sql_params![
-                &columns.key_names,
-                &columns.key_fingerprints,
-                &columns.key_responses,
-                &columns.recorded_at
-            ],
-        ));
-    }
+    columns.push_rows(
+        &mut round,
+        client,
+        RowStatements {
+            streams_and_events: &statements.write_streams_and_events,
+            tags: &statements.write_tags,
+            keys: &statements.write_new_keys,
+        },
+    );
     for result in pipeline(round).await {
         result?;
     }
