@@ -37,9 +37,11 @@
 //! instances start writing; PostgreSQL then rolls one back, and its batch is looked up.
 
 use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Object};
+use futures::FutureExt;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
@@ -266,7 +268,8 @@ impl Writer {
             result,
         })) = flight.written.take()
         else {
-            // The task did not finish: its connection, and its transaction, went with it.
+            // The task was cancelled: the writer's runtime is shutting down, and the
+            // flight's connection and pool with it.
             known.forget();
             return Err(Some(flight.batch));
         };
@@ -348,12 +351,19 @@ impl Writer {
     }
 }
 
-/// The first round trip, in a task of its own: the batch's rows.
+/// The first round trip, in a task of its own: the batch's rows. The connection comes
+/// back whatever happens, even a panic, so that it is closed rather than returned to
+/// the pool inside the flight's transaction.
 async fn write_rows(connection: Object, state: BatchState, timeout: Duration) -> Written {
-    let result = match tokio::time::timeout(timeout, write(&connection, &state)).await {
-        Ok(Ok(statements)) => Ok(statements),
-        Ok(Err(error)) => Err(Miss::before_commit(error)),
-        Err(_) => Err(Miss::timed_out()),
+    let writes = tokio::time::timeout(timeout, write(&connection, &state));
+    let result = match AssertUnwindSafe(writes).catch_unwind().await {
+        Ok(Ok(Ok(statements))) => Ok(statements),
+        Ok(Ok(Err(error))) => Err(Miss::before_commit(error)),
+        Ok(Err(_)) => Err(Miss::timed_out()),
+        Err(_) => Err(Miss::Failed {
+            error: StoreError::Internal("an overlapped commit's writes panicked".into()),
+            discard: true,
+        }),
     };
     Written {
         connection,
