@@ -268,6 +268,46 @@ fn keyed_append(key: &str, fingerprint: [u8; 32], name: &str) -> AppendRequest {
     }
 }
 
+/// Holds the write turn (`writer/flight.rs`) on `client`'s session: flights wait for it
+/// before they write.
+async fn hold_the_write_turn(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("SELECT pg_advisory_lock(7161120822688481282)")
+        .await
+        .unwrap();
+}
+
+async fn release_the_write_turn(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("SELECT pg_advisory_unlock(7161120822688481282)")
+        .await
+        .unwrap();
+}
+
+/// Waits until `count` flights wait for the write turn (only flights take it shared).
+async fn flights_waiting(client: &tokio_postgres::Client, count: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND mode = 'ShareLock' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} flights in the air, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One instance whose writers keep its queue full, with every batch it can decide from
 /// memory overlapping the one before it (`overlap_min_events` 1): batches to streams
 /// of their own overlap, batches sharing a stream or an idempotency key wait for the
@@ -391,28 +431,13 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
         crate::postgres::append_one(store.as_ref(), name).await;
     }
     let other = crate::postgres::sql(&database.primary_url).await;
-    other
-        .batch_execute("SELECT pg_advisory_lock(7161120822688481282)")
-        .await
-        .unwrap();
+    hold_the_write_turn(&other).await;
     let keyed = keyed_append("stored-meanwhile", [6; 32], "first");
     let first = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.append(keyed).await }
     });
-    let waiting = || async {
-        other
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
-    while waiting().await < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    flights_waiting(&other, 1).await;
     let behind = event("B", "{}");
     let behind_id = behind.id;
     let second = tokio::spawn({
@@ -427,9 +452,7 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
                 .await
         }
     });
-    while waiting().await < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    flights_waiting(&other, 2).await;
     // The key the first flight assumed absent, stored meanwhile with the same
     // fingerprint, then the write turn released.
     other
@@ -440,10 +463,7 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
         )
         .await
         .unwrap();
-    other
-        .batch_execute("SELECT pg_advisory_unlock(7161120822688481282)")
-        .await
-        .unwrap();
+    release_the_write_turn(&other).await;
 
     match first.await.unwrap().unwrap() {
         AppendOutcome::Replayed { body } => assert_eq!(body, "{\"p\":42}"),
@@ -468,4 +488,60 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
         matches!(first_stream, Err(StoreError::StreamNotFound(_))),
         "{first_stream:?}"
     );
+}
+
+/// A flight that finds the head's revision moved when it comes to update it rolls back,
+/// and its batch is looked up and decided after the other write. Here the other write
+/// is another instance's delete of the stream the flight appends to, made as that
+/// instance's cached path makes it (the head's revision and the stream's row, no lock
+/// but the head's) while the flight waits for the write turn: the flight's upsert of the
+/// stream row, once the delete committed, would bring the stream back; only the head
+/// check stops it, and the append is then refused as the embedded store refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_that_finds_the_head_moved_is_decided_again_after_it() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let store = flying_store(&database).await;
+    for _ in 0..2 {
+        crate::postgres::append_one(store.as_ref(), "target").await;
+    }
+    let other = crate::postgres::sql(&database.primary_url).await;
+    hold_the_write_turn(&other).await;
+    let append = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .append(AppendRequest::single(
+                    stream("target"),
+                    ExpectedVersion::Exact(1),
+                    vec![event("F", "{}")],
+                ))
+                .await
+        }
+    });
+    flights_waiting(&other, 1).await;
+    let elsewhere = crate::postgres::sql(&database.primary_url).await;
+    elsewhere
+        .batch_execute(
+            "BEGIN;
+             UPDATE cairn_head SET revision = revision + 1 WHERE id = 1;
+             UPDATE streams SET deleted = true WHERE name = 'target';
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    release_the_write_turn(&other).await;
+    match append.await.unwrap() {
+        Err(StoreError::StreamDeleted(name)) => assert_eq!(name.as_str(), "target"),
+        other => panic!("an append to a deleted stream answered {other:?}"),
+    }
+    let read = store
+        .read_stream(&stream("target"), None, Direction::Forward, 10)
+        .await;
+    assert!(
+        matches!(read, Err(StoreError::StreamDeleted(_))),
+        "{read:?}"
+    );
+    assert_eq!(whole_log(store.as_ref()).await.len(), 2);
 }
