@@ -545,3 +545,55 @@ async fn a_flight_that_finds_the_head_moved_is_decided_again_after_it() {
     );
     assert_eq!(whole_log(store.as_ref()).await.len(), 2);
 }
+
+/// A flight whose connection breaks before its `COMMIT` was sent committed nothing:
+/// its batch is committed again on another connection, from a lookup, and answered
+/// once. (The flight's backend is terminated while it waits for the write turn.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_whose_connection_breaks_before_commit_is_committed_again() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let store = flying_store(&database).await;
+    for name in ["warm-1", "warm-2"] {
+        crate::postgres::append_one(store.as_ref(), name).await;
+    }
+    let other = crate::postgres::sql(&database.primary_url).await;
+    hold_the_write_turn(&other).await;
+    let flown = event("F", "{}");
+    let flown_id = flown.id;
+    let append = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .append(AppendRequest::single(
+                    stream("broken"),
+                    ExpectedVersion::NoStream,
+                    vec![flown],
+                ))
+                .await
+        }
+    });
+    flights_waiting(&other, 1).await;
+    let terminated: bool = other
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND mode = 'ShareLock' AND NOT granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    release_the_write_turn(&other).await;
+    let AppendOutcome::Committed(result) = append.await.unwrap().unwrap() else {
+        panic!("replayed");
+    };
+    assert_eq!((result.first_position, result.last_position), (3, 3));
+    let log = whole_log(store.as_ref()).await;
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(log[2].id, flown_id);
+}
