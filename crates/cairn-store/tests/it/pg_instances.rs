@@ -268,6 +268,37 @@ fn keyed_append(key: &str, fingerprint: [u8; 32], name: &str) -> AppendRequest {
     }
 }
 
+/// A flying store on a fresh database, with two commits made through it (to `warm`),
+/// so that it decides the next batches from memory, and another session, which holds
+/// the write turn: the next flights wait in the air. `None` when the PostgreSQL tests
+/// are skipped.
+async fn flights_held(
+    warm: [&str; 2],
+) -> Option<(SharedStore, TestDatabase, tokio_postgres::Client)> {
+    let database = testing::shared_database().await?;
+    let store = flying_store(&database).await;
+    for name in warm {
+        crate::postgres::append_one(store.as_ref(), name).await;
+    }
+    let other = crate::postgres::sql(&database.primary_url).await;
+    hold_the_write_turn(&other).await;
+    Some((store, database, other))
+}
+
+/// Sends `request` in a task of its own and waits until `in_the_air` flights wait for the
+/// write turn, this one's included.
+async fn fly(
+    store: &SharedStore,
+    request: AppendRequest,
+    other: &tokio_postgres::Client,
+    in_the_air: i64,
+) -> tokio::task::JoinHandle<Result<AppendOutcome, StoreError>> {
+    let store = Arc::clone(store);
+    let append = tokio::spawn(async move { store.append(request).await });
+    flights_waiting(other, in_the_air).await;
+    append
+}
+
 /// Holds the write turn (`writer/flight.rs`) on `client`'s session: flights wait for it
 /// before they write.
 async fn hold_the_write_turn(client: &tokio_postgres::Client) {
@@ -422,37 +453,15 @@ async fn overlapped_batches_on_one_instance_keep_the_log_whole() {
 /// the air on the write turn (an advisory lock another session holds) until both wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
-    let Some(database) = testing::shared_database().await else {
+    let Some((store, _database, other)) = flights_held(["warm-1", "warm-2"]).await else {
         return;
     };
-    let store = flying_store(&database).await;
-    // Two commits, so that the writer decides the next batches from memory.
-    for name in ["warm-1", "warm-2"] {
-        crate::postgres::append_one(store.as_ref(), name).await;
-    }
-    let other = crate::postgres::sql(&database.primary_url).await;
-    hold_the_write_turn(&other).await;
     let keyed = keyed_append("stored-meanwhile", [6; 32], "first");
-    let first = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move { store.append(keyed).await }
-    });
-    flights_waiting(&other, 1).await;
+    let first = fly(&store, keyed, &other, 1).await;
     let behind = event("B", "{}");
     let behind_id = behind.id;
-    let second = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .append(AppendRequest::single(
-                    stream("second"),
-                    ExpectedVersion::NoStream,
-                    vec![behind],
-                ))
-                .await
-        }
-    });
-    flights_waiting(&other, 2).await;
+    let request = AppendRequest::single(stream("second"), ExpectedVersion::NoStream, vec![behind]);
+    let second = fly(&store, request, &other, 2).await;
     // The key the first flight assumed absent, stored meanwhile with the same
     // fingerprint, then the write turn released.
     other
@@ -499,28 +508,15 @@ async fn a_failed_flight_takes_the_one_behind_it_down_and_both_commit_again() {
 /// check stops it, and the append is then refused as the embedded store refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flight_that_finds_the_head_moved_is_decided_again_after_it() {
-    let Some(database) = testing::shared_database().await else {
+    let Some((store, database, other)) = flights_held(["target", "target"]).await else {
         return;
     };
-    let store = flying_store(&database).await;
-    for _ in 0..2 {
-        crate::postgres::append_one(store.as_ref(), "target").await;
-    }
-    let other = crate::postgres::sql(&database.primary_url).await;
-    hold_the_write_turn(&other).await;
-    let append = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .append(AppendRequest::single(
-                    stream("target"),
-                    ExpectedVersion::Exact(1),
-                    vec![event("F", "{}")],
-                ))
-                .await
-        }
-    });
-    flights_waiting(&other, 1).await;
+    let request = AppendRequest::single(
+        stream("target"),
+        ExpectedVersion::Exact(1),
+        vec![event("F", "{}")],
+    );
+    let append = fly(&store, request, &other, 1).await;
     let elsewhere = crate::postgres::sql(&database.primary_url).await;
     elsewhere
         .batch_execute(
@@ -551,30 +547,13 @@ async fn a_flight_that_finds_the_head_moved_is_decided_again_after_it() {
 /// once. (The flight's backend is terminated while it waits for the write turn.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flight_whose_connection_breaks_before_commit_is_committed_again() {
-    let Some(database) = testing::shared_database().await else {
+    let Some((store, _database, other)) = flights_held(["warm-1", "warm-2"]).await else {
         return;
     };
-    let store = flying_store(&database).await;
-    for name in ["warm-1", "warm-2"] {
-        crate::postgres::append_one(store.as_ref(), name).await;
-    }
-    let other = crate::postgres::sql(&database.primary_url).await;
-    hold_the_write_turn(&other).await;
     let flown = event("F", "{}");
     let flown_id = flown.id;
-    let append = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .append(AppendRequest::single(
-                    stream("broken"),
-                    ExpectedVersion::NoStream,
-                    vec![flown],
-                ))
-                .await
-        }
-    });
-    flights_waiting(&other, 1).await;
+    let request = AppendRequest::single(stream("broken"), ExpectedVersion::NoStream, vec![flown]);
+    let append = fly(&store, request, &other, 1).await;
     let terminated: bool = other
         .query_one(
             "SELECT pg_terminate_backend(pid) FROM pg_locks
