@@ -576,3 +576,56 @@ async fn a_flight_whose_connection_breaks_before_commit_is_committed_again() {
     );
     assert_eq!(log[2].id, flown_id);
 }
+
+/// A flight whose position another instance took meanwhile (that instance's cached
+/// commit, which does not take the write turn, wrote an event at the head the flight
+/// continues): the flight's rows fail on the log's key, it commits nothing, and its
+/// batch is looked up and committed after the other event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_whose_position_was_taken_is_committed_after_it() {
+    let Some((store, database, other)) = flights_held(["warm-1", "warm-2"]).await else {
+        return;
+    };
+    let flown = event("F", "{}");
+    let flown_id = flown.id;
+    let request = AppendRequest::single(stream("flown"), ExpectedVersion::NoStream, vec![flown]);
+    let append = fly(&store, request, &other, 1).await;
+    let elsewhere = crate::postgres::sql(&database.primary_url).await;
+    elsewhere
+        .batch_execute(
+            "BEGIN;
+             UPDATE cairn_head SET position = 3, revision = revision + 1 WHERE id = 1;
+             WITH s AS (
+               INSERT INTO streams (name, version, position, created_at, updated_at)
+               VALUES ('elsewhere-1', 0, 3, 0, 0) RETURNING stream_id
+             )
+             INSERT INTO events (position, id, stream_id, version, type, category, data,
+                                 metadata, recorded_at)
+             SELECT 3, gen_random_uuid(), stream_id, 0, 'Elsewhere', 'elsewhere', '{}', '{}',
+                    (SELECT recorded_at FROM cairn_head WHERE id = 1)
+             FROM s;
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    release_the_write_turn(&other).await;
+    let AppendOutcome::Committed(result) = append.await.unwrap().unwrap() else {
+        panic!("replayed");
+    };
+    assert_eq!((result.first_position, result.last_position), (4, 4));
+    let log = whole_log(store.as_ref()).await;
+    let read: Vec<(u64, &str)> = log
+        .iter()
+        .map(|e| (e.position, e.stream.as_str()))
+        .collect();
+    assert_eq!(
+        read,
+        vec![
+            (1, "warm-1"),
+            (2, "warm-2"),
+            (3, "elsewhere-1"),
+            (4, "flown")
+        ]
+    );
+    assert_eq!(log[3].id, flown_id);
+}
