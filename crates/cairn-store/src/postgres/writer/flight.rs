@@ -142,7 +142,8 @@ enum Miss {
     /// Something assumed absent was there after all.
     AssumedAbsent,
     /// Anything else before `COMMIT` was sent (nothing committed). `discard`: the
-    /// connection may still be busy, so it is closed rather than rolled back.
+    /// connection may still be busy (a timeout, a panic), so it is closed rather than
+    /// rolled back.
     Failed { error: StoreError, discard: bool },
     /// `COMMIT` was sent and its answer is not known.
     Unknown(StoreError),
@@ -167,9 +168,10 @@ impl Miss {
             {
                 Miss::AssumedAbsent
             }
+            // A broken connection is closed anyway: its `ROLLBACK` fails (`roll_back`).
             _ => Miss::Failed {
-                discard: error.is_closed(),
                 error: pg_error(error),
+                discard: false,
             },
         }
     }
