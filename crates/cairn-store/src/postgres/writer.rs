@@ -100,18 +100,43 @@ enum BatchFailure {
     Transient(StoreError),
     /// The database refused a statement: the batch is retried one request at a time.
     Statement(StoreError),
-    /// The connection broke. Before the commit was sent this is safe to retry.
+    /// The connection broke before the commit was sent: nothing committed, so the
+    /// batch is tried once more on a new connection.
     Disconnected(StoreError),
+    /// The connection broke while the batch was committing: whether it committed is
+    /// not known. A batch of appends is looked up once more on a new connection, where
+    /// its event ids show what stands (see `Writer::try_commit`).
+    Unknown(StoreError),
 }
 
 fn failure(error: tokio_postgres::Error) -> BatchFailure {
-    if error.is_closed() || error.code().is_none() {
+    if broken(&error) {
         BatchFailure::Disconnected(pg_error(error))
     } else if is_transient(&error) {
         BatchFailure::Transient(pg_error(error))
     } else {
         BatchFailure::Statement(pg_error(error))
     }
+}
+
+/// Whether the connection broke (no answer from the database, rather than an error).
+fn broken(error: &tokio_postgres::Error) -> bool {
+    error.is_closed() || error.code().is_none()
+}
+
+/// The answer to a request whose commit may or may not have happened.
+fn outcome_unknown(error: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL failed while committing; the outcome is unknown, retry with the same idempotency key: {error}"
+    ))
+}
+
+/// Whether every command of the batch is an append: the only batches whose outcome a
+/// lookup can tell after the fact (by their event ids).
+fn only_appends(batch: &[Command]) -> bool {
+    batch
+        .iter()
+        .all(|command| matches!(command, Command::Append { .. }))
 }
 
 /// The most events one batch takes (requests beyond it wait for the next batch).
@@ -277,7 +302,9 @@ impl Writer {
                         tracing::error!(%error, "an append failed in the database");
                         error
                     }
-                    BatchFailure::Transient(error) | BatchFailure::Disconnected(error) => {
+                    BatchFailure::Transient(error)
+                    | BatchFailure::Disconnected(error)
+                    | BatchFailure::Unknown(error) => {
                         tracing::warn!(%error, requests, "group commit failed; the batch is answered with the error");
                         error
                     }
@@ -323,6 +350,17 @@ impl Writer {
                     // The connection broke before anything could commit (a connection
                     // that died idle in the pool): once more, on a new one.
                     tracing::debug!(%error, "retrying a batch on a new connection");
+                    drop(Object::take(connection));
+                    retried = true;
+                }
+                Ok(Err((BatchFailure::Unknown(error), _))) if !retried && only_appends(batch) => {
+                    // The batch may have committed. A lookup on a new connection tells:
+                    // it waits for that transaction to end (the head lock), and a
+                    // request whose events it finds stored is answered as the commit
+                    // left it, as a re-sent one (or, under an idempotency key, with
+                    // the stored answer). A delete could not be told from one that
+                    // came after it, so a batch with one is answered with the error.
+                    tracing::debug!(%error, "the connection broke while committing; looking the batch up on a new one");
                     drop(Object::take(connection));
                     retried = true;
                 }
@@ -721,9 +759,12 @@ async fn commit_cached(
             {
                 Err(CachedMiss::AssumedAbsent)
             }
-            // Whether it committed is not known: the batch is looked up again on a new
-            // connection, where its event ids show what stands (a committed request is
-            // then a re-sent one, answered as it was committed).
+            // The connection broke: whether the statement committed is not known.
+            _ if broken(&error) => Err(CachedMiss::Failed(BatchFailure::Unknown(outcome_unknown(
+                &error,
+            )))),
+            // The database answered with an error: the statement's transaction did not
+            // commit, and the batch is tried once more.
             _ if is_transient(&error) => Err(CachedMiss::Failed(BatchFailure::Disconnected(
                 pg_error(error),
             ))),
@@ -877,10 +918,10 @@ fn record_phase_elapsed(phase: &'static str, elapsed: Duration) {
 /// A failure in the writing round trip: a closed connection there may have happened
 /// after the server committed, so it is reported as an unknown outcome.
 fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
-    if is_transient(&error) {
-        BatchFailure::Transient(StoreError::Unavailable(format!(
-            "PostgreSQL failed while committing; the outcome is unknown, retry with the same idempotency key: {error}"
-        )))
+    if broken(&error) {
+        BatchFailure::Unknown(outcome_unknown(&error))
+    } else if is_transient(&error) {
+        BatchFailure::Transient(outcome_unknown(&error))
     } else {
         BatchFailure::Statement(pg_error(error))
     }

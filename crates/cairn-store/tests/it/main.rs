@@ -5,6 +5,7 @@ mod pg_faults;
 mod pg_groups;
 mod pg_instances;
 mod pg_model;
+mod pg_unknown;
 mod postgres;
 mod properties;
 mod sqlite;

@@ -49,8 +49,8 @@ use uuid::Uuid;
 
 use super::{
     CHANNEL, Command, Committed, Decision, KnownLog, Lookups, NOTIFY, RowStatements,
-    WRITE_STREAMS_AND_EVENTS, WRITE_TAGS, WriteColumns, Writer, answer_failure, decide, pipeline,
-    query, record_phase_elapsed, refused, simple,
+    WRITE_STREAMS_AND_EVENTS, WRITE_TAGS, WriteColumns, Writer, answer_failure, decide,
+    only_appends, outcome_unknown, pipeline, query, record_phase_elapsed, refused, simple,
 };
 use crate::StoreError;
 use crate::metrics as m;
@@ -306,6 +306,15 @@ impl Writer {
                 super::answer(flight.batch, decisions);
                 Ok(())
             }
+            Err(Miss::Unknown(error)) if connection.is_closed() && only_appends(&flight.batch) => {
+                // The connection broke during `COMMIT`: the batch is looked up again
+                // like the flights behind it, which tells whether it committed (see
+                // `Writer::try_commit`).
+                drop(Object::take(connection));
+                known.forget();
+                tracing::debug!(%error, requests, "the connection broke while an overlapped commit committed; looking the batch up");
+                Err(Some(flight.batch))
+            }
             Err(Miss::Unknown(error)) => {
                 drop(Object::take(connection));
                 known.forget();
@@ -438,15 +447,10 @@ async fn commit(
     for result in results {
         result.map_err(Miss::before_commit)?;
     }
-    let unknown = |error: String| {
-        Miss::Unknown(StoreError::Unavailable(format!(
-            "PostgreSQL failed while committing; the outcome is unknown, retry with the same idempotency key: {error}"
-        )))
-    };
     match tokio::time::timeout(timeout, client.batch_execute("COMMIT")).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(unknown(error.to_string())),
-        Err(_) => Err(unknown("timed out".into())),
+        Ok(Err(error)) => Err(Miss::Unknown(outcome_unknown(&error))),
+        Err(_) => Err(Miss::Unknown(outcome_unknown(&"timed out"))),
     }
 }
 

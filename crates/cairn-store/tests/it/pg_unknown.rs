@@ -1,0 +1,333 @@
+//! Commits whose outcome the writer cannot know: the connection breaks after the
+//! database received the commit and before its answer came back. Retries must never
+//! duplicate, so whatever the writer answers must match what the log holds.
+//!
+//! A proxy between the store and the test database makes the break happen at exactly
+//! that moment: it holds back the database's answers on the connection that sent a
+//! marked event once that connection sent its commit, waits until the event can be
+//! read on another connection (the commit happened), and only then closes both ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_core::ExpectedVersion;
+use cairn_store::conformance::{event, stream, whole_log};
+use cairn_store::postgres::{PostgresOptions, PostgresStore};
+use cairn_store::testing::{self, TestDatabase};
+use cairn_store::{AppendOutcome, AppendRequest, EventStore, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::postgres::{append_one, options, sql};
+
+/// What the proxy is told to cut, and how it tells the test.
+#[derive(Default)]
+struct Plan {
+    /// Bytes that mark the connection to cut: the first connection whose client sends
+    /// them takes them (so one connection at most is cut per arming).
+    marker: Mutex<Option<Vec<u8>>>,
+    /// Once a connection is marked, the client bytes (the marker's own write included)
+    /// from which the database's answers are held back.
+    then: Mutex<Vec<u8>>,
+    /// A connection's answers are being held back.
+    held: Notify,
+    /// The test asks to close the held connection.
+    cut: Notify,
+}
+
+/// A TCP proxy in front of the test database.
+struct CutProxy {
+    port: u16,
+    plan: Arc<Plan>,
+}
+
+impl CutProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let plan = Arc::new(Plan::default());
+        let accepting = Arc::clone(&plan);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let plan = Arc::clone(&accepting);
+                tokio::spawn(async move {
+                    // A connection ends when either side closes it or the test cuts it.
+                    let _ = relay(client, upstream, &plan).await;
+                });
+            }
+        });
+        Self { port, plan }
+    }
+
+    fn url(&self, database: &TestDatabase) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.port, database.name
+        )
+    }
+
+    /// The next connection whose client sends `marker` is held once it sends `then`.
+    fn arm(&self, marker: &str, then: &str) {
+        *self.plan.marker.lock().unwrap() = Some(marker.as_bytes().to_vec());
+        *self.plan.then.lock().unwrap() = then.as_bytes().to_vec();
+    }
+
+    async fn held(&self) {
+        tokio::time::timeout(Duration::from_secs(20), self.plan.held.notified())
+            .await
+            .expect("the marked connection sent its commit");
+    }
+
+    fn cut(&self) {
+        self.plan.cut.notify_one();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+async fn relay(client: TcpStream, upstream: u16, plan: &Plan) -> std::io::Result<()> {
+    let server = TcpStream::connect(("127.0.0.1", upstream)).await?;
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let mut up = vec![0; 64 * 1024];
+    let mut down = vec![0; 64 * 1024];
+    let mut marked = false;
+    let mut holding = false;
+    loop {
+        tokio::select! {
+            read = from_client.read(&mut up) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let chunk = &up[..n];
+                if !marked {
+                    let mut marker = plan.marker.lock().unwrap();
+                    if marker.as_deref().is_some_and(|m| contains(chunk, m)) {
+                        *marker = None;
+                        marked = true;
+                    }
+                }
+                if marked && !holding && contains(chunk, &plan.then.lock().unwrap()) {
+                    // Held before the commit goes on: no answer to it can slip through.
+                    holding = true;
+                    plan.held.notify_one();
+                }
+                to_server.write_all(chunk).await?;
+            }
+            read = from_server.read(&mut down), if !holding => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                to_client.write_all(&down[..n]).await?;
+            }
+            () = plan.cut.notified(), if holding => return Ok(()),
+        }
+    }
+}
+
+const MARKER: &str = "cut-after-commit-5d1e";
+
+/// One event to `name` whose data carries the marker.
+fn marked_append(name: &str) -> AppendRequest {
+    AppendRequest::single(
+        stream(name),
+        ExpectedVersion::Any,
+        vec![event("Marked", &format!("{{\"m\":\"{MARKER}\"}}"))],
+    )
+}
+
+/// The first column of `query`'s first row once there is one, read on a connection of
+/// its own: what a commit left, once it committed.
+async fn once_committed(database: &TestDatabase, query: &str, parameter: &str) -> i64 {
+    let direct = sql(&database.primary_url).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = direct.query(query, &[&parameter]).await.unwrap();
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held commit never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A store whose every connection goes through `proxy`.
+async fn store_behind(
+    proxy: &CutProxy,
+    database: &TestDatabase,
+    overlap_min_events: usize,
+) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::connect(PostgresOptions {
+            url: proxy.url(database),
+            overlap_min_events,
+            ..options(database)
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+/// Appends the marked event with the connection cut after its commit, and returns the
+/// answer and the position the commit took.
+async fn append_cut_after_commit(
+    proxy: &CutProxy,
+    database: &TestDatabase,
+    store: &Arc<PostgresStore>,
+    then: &str,
+) -> (Result<AppendOutcome, StoreError>, i64) {
+    proxy.arm(MARKER, then);
+    let appending = Arc::clone(store);
+    let answer = tokio::spawn(async move { appending.append(marked_append("marked")).await });
+    proxy.held().await;
+    let position = once_committed(
+        database,
+        "SELECT position FROM events WHERE data LIKE '%' || $1 || '%'",
+        MARKER,
+    )
+    .await;
+    proxy.cut();
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("the append is answered")
+        .unwrap();
+    (answer, position)
+}
+
+/// The log holds the marked event once, every position once in order, and the store
+/// goes on appending after the cut.
+async fn log_is_whole_after(store: &PostgresStore) {
+    let after = append_one(store, "after").await;
+    let log = whole_log(store).await;
+    let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
+    let expected: Vec<u64> = (1..=after.last_position).collect();
+    assert_eq!(positions, expected, "positions gapless and in order");
+    let marked = log.iter().filter(|e| e.data.contains(MARKER)).count();
+    assert_eq!(marked, 1, "the marked event is stored exactly once");
+}
+
+fn committed_at(answer: Result<AppendOutcome, StoreError>, position: i64) {
+    match answer {
+        Ok(AppendOutcome::Committed(result)) => {
+            assert_eq!(
+                i64::try_from(result.first_position).unwrap(),
+                position,
+                "answered with the position the commit took"
+            );
+        }
+        other => panic!("expected the commit that stands, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_commit_cut_after_it_committed_is_answered_as_it_stands() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let proxy = CutProxy::start(port_of(&database)).await;
+    let store = store_behind(&proxy, &database, 0).await;
+    // Two commits: the next batch is decided from memory and sent as one statement.
+    append_one(store.as_ref(), "warm-1").await;
+    append_one(store.as_ref(), "warm-2").await;
+    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, MARKER).await;
+    committed_at(answer, position);
+    log_is_whole_after(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looked_up_commit_cut_after_it_committed_is_answered_as_it_stands() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let proxy = CutProxy::start(port_of(&database)).await;
+    // A new store knows nothing of the log: its first batch is looked up, and its
+    // writes and `COMMIT` go in the second round trip.
+    let store = store_behind(&proxy, &database, 0).await;
+    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, MARKER).await;
+    committed_at(answer, position);
+    log_is_whole_after(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapped_commit_cut_after_it_committed_is_answered_as_it_stands() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let proxy = CutProxy::start(port_of(&database)).await;
+    // Every batch flies: its rows go first, its `COMMIT` after the head update.
+    let store = store_behind(&proxy, &database, 1).await;
+    append_one(store.as_ref(), "warm-1").await;
+    append_one(store.as_ref(), "warm-2").await;
+    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, "COMMIT").await;
+    committed_at(answer, position);
+    log_is_whole_after(&store).await;
+}
+
+fn port_of(database: &TestDatabase) -> u16 {
+    let after_host = database
+        .primary_url
+        .rsplit_once(':')
+        .map(|(_, rest)| rest)
+        .unwrap();
+    after_host.split('/').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_cut_after_it_committed_is_answered_unknown_and_stands() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let proxy = CutProxy::start(port_of(&database)).await;
+    let store = store_behind(&proxy, &database, 0).await;
+    let doomed = format!("doomed-{MARKER}");
+    append_one(store.as_ref(), "warm-1").await;
+    let version = append_one(store.as_ref(), &doomed).await.streams[0].last_version;
+    // The delete is decided from memory and sent as one statement that names the stream.
+    proxy.arm(MARKER, MARKER);
+    let deleting = Arc::clone(&store);
+    let name = doomed.clone();
+    let answer = tokio::spawn(async move {
+        deleting
+            .delete_stream(&stream(&name), ExpectedVersion::Exact(version))
+            .await
+    });
+    proxy.held().await;
+    once_committed(
+        &database,
+        "SELECT version FROM streams WHERE name = $1 AND deleted",
+        &doomed,
+    )
+    .await;
+    proxy.cut();
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("the delete is answered")
+        .unwrap();
+    // A lookup would find the stream deleted, which cannot tell this delete from a
+    // later one: the answer says the outcome is unknown, and never that it failed.
+    match answer {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("outcome is unknown"), "{message}");
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .delete_stream(&stream(&doomed), ExpectedVersion::Any)
+            .await,
+        Err(StoreError::StreamDeleted(_))
+    ));
+    let after = append_one(store.as_ref(), "after").await;
+    assert_eq!(after.first_position, 3, "positions go on gapless");
+}
