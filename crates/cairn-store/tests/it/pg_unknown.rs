@@ -14,7 +14,9 @@ use cairn_core::ExpectedVersion;
 use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::{PostgresOptions, PostgresStore};
 use cairn_store::testing::{self, TestDatabase};
-use cairn_store::{AppendOutcome, AppendRequest, EventStore, StoreError};
+use cairn_store::{
+    AppendOutcome, AppendRequest, AppendResult, EventStore, IdempotencyClaim, StoreError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -144,6 +146,19 @@ fn marked_append(name: &str) -> AppendRequest {
     )
 }
 
+/// The marked append under an idempotency key; the answer it stores is
+/// `{"p":<first position>}`.
+fn keyed(request: AppendRequest) -> AppendRequest {
+    AppendRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: "cut-key".into(),
+            fingerprint: [7; 32],
+            render: |r: &AppendResult| format!("{{\"p\":{}}}", r.first_position),
+        }),
+        ..request
+    }
+}
+
 /// The first column of `query`'s first row once there is one, read on a connection of
 /// its own: what a commit left, once it committed.
 async fn once_committed(database: &TestDatabase, query: &str, parameter: &str) -> i64 {
@@ -186,10 +201,11 @@ async fn append_cut_after_commit(
     database: &TestDatabase,
     store: &Arc<PostgresStore>,
     then: &str,
+    request: AppendRequest,
 ) -> (Result<AppendOutcome, StoreError>, i64) {
     proxy.arm(MARKER, then);
     let appending = Arc::clone(store);
-    let answer = tokio::spawn(async move { appending.append(marked_append("marked")).await });
+    let answer = tokio::spawn(async move { appending.append(request).await });
     proxy.held().await;
     let position = once_committed(
         database,
@@ -240,7 +256,8 @@ async fn a_cached_commit_cut_after_it_committed_is_answered_as_it_stands() {
     // Two commits: the next batch is decided from memory and sent as one statement.
     append_one(store.as_ref(), "warm-1").await;
     append_one(store.as_ref(), "warm-2").await;
-    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, MARKER).await;
+    let (answer, position) =
+        append_cut_after_commit(&proxy, &database, &store, MARKER, marked_append("m")).await;
     committed_at(answer, position);
     log_is_whole_after(&store).await;
 }
@@ -254,7 +271,8 @@ async fn a_looked_up_commit_cut_after_it_committed_is_answered_as_it_stands() {
     // A new store knows nothing of the log: its first batch is looked up, and its
     // writes and `COMMIT` go in the second round trip.
     let store = store_behind(&proxy, &database, 0).await;
-    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, MARKER).await;
+    let (answer, position) =
+        append_cut_after_commit(&proxy, &database, &store, MARKER, marked_append("m")).await;
     committed_at(answer, position);
     log_is_whole_after(&store).await;
 }
@@ -269,7 +287,8 @@ async fn an_overlapped_commit_cut_after_it_committed_is_answered_as_it_stands() 
     let store = store_behind(&proxy, &database, 1).await;
     append_one(store.as_ref(), "warm-1").await;
     append_one(store.as_ref(), "warm-2").await;
-    let (answer, position) = append_cut_after_commit(&proxy, &database, &store, "COMMIT").await;
+    let (answer, position) =
+        append_cut_after_commit(&proxy, &database, &store, "COMMIT", marked_append("m")).await;
     committed_at(answer, position);
     log_is_whole_after(&store).await;
 }
@@ -330,4 +349,29 @@ async fn a_delete_cut_after_it_committed_is_answered_unknown_and_stands() {
     ));
     let after = append_one(store.as_ref(), "after").await;
     assert_eq!(after.first_position, 3, "positions go on gapless");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answer() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let proxy = CutProxy::start(port_of(&database)).await;
+    let store = store_behind(&proxy, &database, 0).await;
+    append_one(store.as_ref(), "warm-1").await;
+    append_one(store.as_ref(), "warm-2").await;
+    let request = keyed(marked_append("m"));
+    let (answer, position) =
+        append_cut_after_commit(&proxy, &database, &store, MARKER, request).await;
+    // The lookup finds the key the commit stored: its answer is the one stored.
+    match answer {
+        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, format!("{{\"p\":{position}}}")),
+        other => panic!("expected the stored answer, got {other:?}"),
+    }
+    // Sent again, it is answered the same way and stores nothing.
+    match store.append(keyed(marked_append("m"))).await {
+        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, format!("{{\"p\":{position}}}")),
+        other => panic!("expected the stored answer, got {other:?}"),
+    }
+    log_is_whole_after(&store).await;
 }
