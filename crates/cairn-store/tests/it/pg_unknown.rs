@@ -177,48 +177,87 @@ async fn once_committed(database: &TestDatabase, query: &str, parameter: &str) -
     }
 }
 
-/// A store whose every connection goes through `proxy`.
-async fn store_behind(
-    proxy: &CutProxy,
-    database: &TestDatabase,
-    overlap_min_events: usize,
-) -> Arc<PostgresStore> {
-    Arc::new(
-        PostgresStore::connect(PostgresOptions {
-            url: proxy.url(database),
-            overlap_min_events,
-            ..options(database)
-        })
-        .await
-        .unwrap(),
-    )
+/// A store on a fresh database whose every connection goes through a cutting proxy.
+struct Cutting {
+    proxy: CutProxy,
+    database: TestDatabase,
+    store: Arc<PostgresStore>,
 }
 
-/// Appends the marked event with the connection cut after its commit, and returns the
-/// answer and the position the commit took.
-async fn append_cut_after_commit(
-    proxy: &CutProxy,
-    database: &TestDatabase,
-    store: &Arc<PostgresStore>,
-    then: &str,
-    request: AppendRequest,
-) -> (Result<AppendOutcome, StoreError>, i64) {
-    proxy.arm(MARKER, then);
-    let appending = Arc::clone(store);
-    let answer = tokio::spawn(async move { appending.append(request).await });
-    proxy.held().await;
-    let position = once_committed(
-        database,
-        "SELECT position FROM events WHERE data LIKE '%' || $1 || '%'",
-        MARKER,
-    )
-    .await;
-    proxy.cut();
-    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+impl Cutting {
+    /// After one append to each of `warm` (two make the writer decide from memory).
+    /// `None` when the PostgreSQL tests are skipped.
+    async fn start(overlap_min_events: usize, warm: &[&str]) -> Option<Self> {
+        let database = testing::shared_database().await?;
+        let proxy = CutProxy::start(port_of(&database)).await;
+        let store = Arc::new(
+            PostgresStore::connect(PostgresOptions {
+                url: proxy.url(&database),
+                overlap_min_events,
+                ..options(&database)
+            })
+            .await
+            .unwrap(),
+        );
+        for name in warm {
+            append_one(store.as_ref(), name).await;
+        }
+        Some(Self {
+            proxy,
+            database,
+            store,
+        })
+    }
+
+    /// Runs `write` with its connection held once it sent `then` after the marker, and
+    /// cut once `query` (on `parameter`) finds what the commit left. Returns the answer
+    /// and the first column of what `query` found.
+    async fn cut_after_commit<T: Send + 'static>(
+        &self,
+        then: &str,
+        write: impl Future<Output = T> + Send + 'static,
+        query: &str,
+        parameter: &str,
+    ) -> (T, i64) {
+        self.proxy.arm(MARKER, then);
+        let answer = tokio::spawn(write);
+        self.proxy.held().await;
+        let found = once_committed(&self.database, query, parameter).await;
+        self.proxy.cut();
+        let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("the write is answered")
+            .unwrap();
+        (answer, found)
+    }
+
+    /// Appends `request` (which carries the marker) with its connection cut after its
+    /// commit; returns the answer and the position the commit took.
+    async fn append(
+        &self,
+        then: &str,
+        request: AppendRequest,
+    ) -> (Result<AppendOutcome, StoreError>, i64) {
+        let store = Arc::clone(&self.store);
+        self.cut_after_commit(
+            then,
+            async move { store.append(request).await },
+            "SELECT position FROM events WHERE data LIKE '%' || $1 || '%'",
+            MARKER,
+        )
         .await
-        .expect("the append is answered")
-        .unwrap();
-    (answer, position)
+    }
+}
+
+/// The marked append, cut off after its commit, is answered with the commit that
+/// stands, and the log stays whole.
+async fn answered_as_it_stands(overlap_min_events: usize, warm: &[&str], then: &str) {
+    let Some(cutting) = Cutting::start(overlap_min_events, warm).await else {
+        return;
+    };
+    let (answer, position) = cutting.append(then, marked_append("m")).await;
+    committed_at(answer, position);
+    log_is_whole_after(&cutting.store).await;
 }
 
 /// The log holds the marked event once, every position once in order, and the store
@@ -248,49 +287,21 @@ fn committed_at(answer: Result<AppendOutcome, StoreError>, position: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_commit_cut_after_it_committed_is_answered_as_it_stands() {
-    let Some(database) = testing::shared_database().await else {
-        return;
-    };
-    let proxy = CutProxy::start(port_of(&database)).await;
-    let store = store_behind(&proxy, &database, 0).await;
     // Two commits: the next batch is decided from memory and sent as one statement.
-    append_one(store.as_ref(), "warm-1").await;
-    append_one(store.as_ref(), "warm-2").await;
-    let (answer, position) =
-        append_cut_after_commit(&proxy, &database, &store, MARKER, marked_append("m")).await;
-    committed_at(answer, position);
-    log_is_whole_after(&store).await;
+    answered_as_it_stands(0, &["warm-1", "warm-2"], MARKER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looked_up_commit_cut_after_it_committed_is_answered_as_it_stands() {
-    let Some(database) = testing::shared_database().await else {
-        return;
-    };
-    let proxy = CutProxy::start(port_of(&database)).await;
     // A new store knows nothing of the log: its first batch is looked up, and its
     // writes and `COMMIT` go in the second round trip.
-    let store = store_behind(&proxy, &database, 0).await;
-    let (answer, position) =
-        append_cut_after_commit(&proxy, &database, &store, MARKER, marked_append("m")).await;
-    committed_at(answer, position);
-    log_is_whole_after(&store).await;
+    answered_as_it_stands(0, &[], MARKER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlapped_commit_cut_after_it_committed_is_answered_as_it_stands() {
-    let Some(database) = testing::shared_database().await else {
-        return;
-    };
-    let proxy = CutProxy::start(port_of(&database)).await;
     // Every batch flies: its rows go first, its `COMMIT` after the head update.
-    let store = store_behind(&proxy, &database, 1).await;
-    append_one(store.as_ref(), "warm-1").await;
-    append_one(store.as_ref(), "warm-2").await;
-    let (answer, position) =
-        append_cut_after_commit(&proxy, &database, &store, "COMMIT", marked_append("m")).await;
-    committed_at(answer, position);
-    log_is_whole_after(&store).await;
+    answered_as_it_stands(1, &["warm-1", "warm-2"], "COMMIT").await;
 }
 
 fn port_of(database: &TestDatabase) -> u16 {
@@ -304,35 +315,27 @@ fn port_of(database: &TestDatabase) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_cut_after_it_committed_is_answered_unknown_and_stands() {
-    let Some(database) = testing::shared_database().await else {
+    let Some(cutting) = Cutting::start(0, &["warm-1"]).await else {
         return;
     };
-    let proxy = CutProxy::start(port_of(&database)).await;
-    let store = store_behind(&proxy, &database, 0).await;
+    let store = &cutting.store;
     let doomed = format!("doomed-{MARKER}");
-    append_one(store.as_ref(), "warm-1").await;
     let version = append_one(store.as_ref(), &doomed).await.streams[0].last_version;
     // The delete is decided from memory and sent as one statement that names the stream.
-    proxy.arm(MARKER, MARKER);
-    let deleting = Arc::clone(&store);
+    let deleting = Arc::clone(store);
     let name = doomed.clone();
-    let answer = tokio::spawn(async move {
-        deleting
-            .delete_stream(&stream(&name), ExpectedVersion::Exact(version))
-            .await
-    });
-    proxy.held().await;
-    once_committed(
-        &database,
-        "SELECT version FROM streams WHERE name = $1 AND deleted",
-        &doomed,
-    )
-    .await;
-    proxy.cut();
-    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
-        .await
-        .expect("the delete is answered")
-        .unwrap();
+    let (answer, _) = cutting
+        .cut_after_commit(
+            MARKER,
+            async move {
+                deleting
+                    .delete_stream(&stream(&name), ExpectedVersion::Exact(version))
+                    .await
+            },
+            "SELECT version FROM streams WHERE name = $1 AND deleted",
+            &doomed,
+        )
+        .await;
     // A lookup would find the stream deleted, which cannot tell this delete from a
     // later one: the answer says the outcome is unknown, and never that it failed.
     match answer {
@@ -353,25 +356,20 @@ async fn a_delete_cut_after_it_committed_is_answered_unknown_and_stands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answer() {
-    let Some(database) = testing::shared_database().await else {
+    let Some(cutting) = Cutting::start(0, &["warm-1", "warm-2"]).await else {
         return;
     };
-    let proxy = CutProxy::start(port_of(&database)).await;
-    let store = store_behind(&proxy, &database, 0).await;
-    append_one(store.as_ref(), "warm-1").await;
-    append_one(store.as_ref(), "warm-2").await;
-    let request = keyed(marked_append("m"));
-    let (answer, position) =
-        append_cut_after_commit(&proxy, &database, &store, MARKER, request).await;
+    let (answer, position) = cutting.append(MARKER, keyed(marked_append("m"))).await;
     // The lookup finds the key the commit stored: its answer is the one stored.
+    let stored = format!("{{\"p\":{position}}}");
     match answer {
-        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, format!("{{\"p\":{position}}}")),
+        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, stored),
         other => panic!("expected the stored answer, got {other:?}"),
     }
     // Sent again, it is answered the same way and stores nothing.
-    match store.append(keyed(marked_append("m"))).await {
-        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, format!("{{\"p\":{position}}}")),
+    match cutting.store.append(keyed(marked_append("m"))).await {
+        Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, stored),
         other => panic!("expected the stored answer, got {other:?}"),
     }
-    log_is_whole_after(&store).await;
+    log_is_whole_after(&cutting.store).await;
 }
