@@ -64,10 +64,12 @@
 //! lock and idle-in-transaction timeouts; every request has a client-side timeout.
 //! When the primary is unreachable, writes answer `Unavailable` quickly, reads that a
 //! replica can serve keep working, and the pools reconnect by themselves when it comes
-//! back. An append is answered success only after `COMMIT` returned; if the
-//! connection broke during the commit, the outcome is unknown and the answer is
-//! `Unavailable`, never success (a retry with the same idempotency key or event ids
-//! is safe).
+//! back. An append is answered success only after `COMMIT` returned, or after a
+//! lookup found its events stored: if the connection broke during the commit, a batch
+//! of appends is looked up once more on a new connection, and answered as the log
+//! holds it. Otherwise (a batch with a delete, a timeout, a second break) the outcome
+//! is unknown and the answer is `Unavailable`, never success (a retry with the same
+//! idempotency key or event ids is safe).
 
 mod batch;
 mod groups;

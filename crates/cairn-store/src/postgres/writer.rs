@@ -33,8 +33,11 @@
 //! it moves the head once that one has.
 //!
 //! The requests are answered only after the commit returned (`COMMIT`, or the cached
-//! path's statement) and the batch was published (live feed, then head). A commit
-//! whose outcome is unknown (the connection broke while committing) is answered
+//! path's statement) and the batch was published (live feed, then head). When the
+//! connection broke while committing, a batch of appends is looked up once more on a
+//! new connection, whose lookup waits for the lost transaction to end and finds the
+//! batch's event ids if it committed (`Writer::try_commit`). A commit whose outcome is
+//! still unknown (a batch with a delete, a timeout, a second break) is answered
 //! `Unavailable`, never success: a retry with the same idempotency key or event ids is
 //! then safe.
 

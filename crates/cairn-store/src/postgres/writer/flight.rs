@@ -256,8 +256,10 @@ impl Writer {
 
     /// Commits the flight once its rows are written, and answers its requests. A flight
     /// that did not commit hands its batch back, to be committed again from a lookup;
-    /// `Err(None)` when its outcome is unknown (its requests were answered so). Either
-    /// way, a flight behind it must not commit.
+    /// `Err(None)` when its outcome is unknown (its requests were answered so): a
+    /// `COMMIT` that timed out, or one whose connection broke in a batch with a delete
+    /// (a broken one in a batch of appends hands its batch back: the lookup tells).
+    /// Either way, a flight behind it must not commit.
     pub(super) async fn land(
         &self,
         mut flight: Flight,
