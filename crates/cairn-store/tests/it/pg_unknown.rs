@@ -10,9 +10,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_core::ExpectedVersion;
+use cairn_core::{EventFilter, ExpectedVersion};
 use cairn_store::conformance::{event, stream, whole_log};
 use cairn_store::postgres::{PostgresOptions, PostgresStore};
+use cairn_store::tail::LogTail;
 use cairn_store::testing::{self, TestDatabase};
 use cairn_store::{
     AppendOutcome, AppendRequest, AppendResult, EventStore, IdempotencyClaim, StoreError,
@@ -182,6 +183,8 @@ struct Cutting {
     proxy: CutProxy,
     database: TestDatabase,
     store: Arc<PostgresStore>,
+    /// A live reader of the whole log, following it since before the first append.
+    tail: LogTail,
 }
 
 impl Cutting {
@@ -199,6 +202,7 @@ impl Cutting {
             .await
             .unwrap(),
         );
+        let tail = LogTail::new(store.clone(), 1, EventFilter::default());
         for name in warm {
             append_one(store.as_ref(), name).await;
         }
@@ -206,6 +210,7 @@ impl Cutting {
             proxy,
             database,
             store,
+            tail,
         })
     }
 
@@ -252,24 +257,40 @@ impl Cutting {
 /// The marked append, cut off after its commit, is answered with the commit that
 /// stands, and the log stays whole.
 async fn answered_as_it_stands(overlap_min_events: usize, warm: &[&str], then: &str) {
-    let Some(cutting) = Cutting::start(overlap_min_events, warm).await else {
+    let Some(mut cutting) = Cutting::start(overlap_min_events, warm).await else {
         return;
     };
     let (answer, position) = cutting.append(then, marked_append("m")).await;
     committed_at(answer, position);
-    log_is_whole_after(&cutting.store).await;
+    cutting.log_is_whole_after().await;
 }
 
-/// The log holds the marked event once, every position once in order, and the store
-/// goes on appending after the cut.
-async fn log_is_whole_after(store: &PostgresStore) {
-    let after = append_one(store, "after").await;
-    let log = whole_log(store).await;
-    let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
-    let expected: Vec<u64> = (1..=after.last_position).collect();
-    assert_eq!(positions, expected, "positions gapless and in order");
-    let marked = log.iter().filter(|e| e.data.contains(MARKER)).count();
-    assert_eq!(marked, 1, "the marked event is stored exactly once");
+impl Cutting {
+    /// The log holds the marked event once and every position once, in order, and the
+    /// store goes on appending after the cut. The live reader saw the same positions:
+    /// the lost commit's events reach readers even though the writer never published
+    /// them itself.
+    async fn log_is_whole_after(&mut self) {
+        let after = append_one(self.store.as_ref(), "after").await;
+        let log = whole_log(self.store.as_ref()).await;
+        let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
+        let expected: Vec<u64> = (1..=after.last_position).collect();
+        assert_eq!(positions, expected, "positions gapless and in order");
+        let marked = log.iter().filter(|e| e.data.contains(MARKER)).count();
+        assert_eq!(marked, 1, "the marked event is stored exactly once");
+        let mut followed = Vec::new();
+        while followed.last() != Some(&after.last_position) {
+            let batch = tokio::time::timeout(Duration::from_secs(10), self.tail.next_batch())
+                .await
+                .expect("the live reader reaches the last append")
+                .unwrap();
+            followed.extend(batch.iter().map(|e| e.position));
+        }
+        assert_eq!(
+            followed, expected,
+            "the live reader saw every position once"
+        );
+    }
 }
 
 fn committed_at(answer: Result<AppendOutcome, StoreError>, position: i64) {
@@ -356,7 +377,7 @@ async fn a_delete_cut_after_it_committed_is_answered_unknown_and_stands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answer() {
-    let Some(cutting) = Cutting::start(0, &["warm-1", "warm-2"]).await else {
+    let Some(mut cutting) = Cutting::start(0, &["warm-1", "warm-2"]).await else {
         return;
     };
     let (answer, position) = cutting.append(MARKER, keyed(marked_append("m"))).await;
@@ -371,5 +392,5 @@ async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answe
         Ok(AppendOutcome::Replayed { body }) => assert_eq!(body, stored),
         other => panic!("expected the stored answer, got {other:?}"),
     }
-    log_is_whole_after(&cutting.store).await;
+    cutting.log_is_whole_after().await;
 }
