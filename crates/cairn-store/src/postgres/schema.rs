@@ -110,14 +110,15 @@ pub(crate) async fn schema_version(client: &tokio_postgres::Client) -> Result<us
 /// rest is `Internal`.
 pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
     if is_transient(&error) {
-        StoreError::Unavailable(format!("PostgreSQL: {error}"))
+        StoreError::Unavailable(format!("PostgreSQL: {}", describe(&error)))
     } else {
         StoreError::Internal(format!("PostgreSQL: {}", describe(&error)))
     }
 }
 
-/// The error with the server's detail, when it sent one.
-fn describe(error: &tokio_postgres::Error) -> String {
+/// The error with the server's detail, when it sent one (the driver's own text for a
+/// server error is only "db error").
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),

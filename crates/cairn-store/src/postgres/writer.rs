@@ -34,8 +34,8 @@
 //!
 //! The requests are answered only after the commit returned (`COMMIT`, or the cached
 //! path's statement) and the batch was published (live feed, then head). When the
-//! connection broke while committing, a batch of appends is looked up once more on a
-//! new connection, whose lookup waits for the lost transaction to end and finds the
+//! connection broke while committing (or the database rolled the writes back for a
+//! passing reason), a batch of appends is looked up once more on a new connection, whose lookup waits for the lost transaction to end and finds the
 //! batch's event ids if it committed (`Writer::try_commit`). A commit whose outcome is
 //! still unknown (a batch with a delete, a timeout, a second break) is answered
 //! `Unavailable`, never success: a retry with the same idempotency key or event ids is
@@ -65,7 +65,7 @@ use super::batch::{BatchState, Lookups};
 use super::known::{Cached, KnownLog};
 use super::live::{CHANNEL, LIVE_BATCH_MAX, Publisher};
 use super::read::{SqlParams, filter_sql, to_db};
-use super::schema::{is_transient, pg_error, pool_error};
+use super::schema::{describe, is_transient, pg_error, pool_error};
 use crate::metrics as m;
 use crate::{AppendOutcome, AppendRequest, StoreError};
 
@@ -98,17 +98,20 @@ enum Decision {
 
 /// Why a batch did not commit.
 enum BatchFailure {
-    /// The database is unreachable or the outcome of the commit is unknown: every
-    /// request that was not refused on its own merits is answered with this.
+    /// The database is unreachable, or answered "not now" before the writes (or the
+    /// batch timed out): every request that was not refused on its own merits is
+    /// answered with this.
     Transient(StoreError),
     /// The database refused a statement: the batch is retried one request at a time.
     Statement(StoreError),
     /// The connection broke before the commit was sent: nothing committed, so the
     /// batch is tried once more on a new connection.
     Disconnected(StoreError),
-    /// The connection broke while the batch was committing: whether it committed is
-    /// not known. A batch of appends is looked up once more on a new connection, where
-    /// its event ids show what stands (see `Writer::try_commit`).
+    /// The writes and `COMMIT` failed for a passing reason: the connection broke
+    /// (whether the batch committed is not known) or the database rolled the batch back
+    /// (a cancelled statement, a lock timeout, a deadlock). A batch of appends is looked
+    /// up once more on a new connection, where its event ids show what stands (see
+    /// `Writer::try_commit`).
     Unknown(StoreError),
 }
 
@@ -128,7 +131,7 @@ fn broken(error: &tokio_postgres::Error) -> bool {
 }
 
 /// The answer to a request whose commit may or may not have happened.
-fn outcome_unknown(error: &dyn std::fmt::Display) -> StoreError {
+fn outcome_unknown(error: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "PostgreSQL failed while committing; the outcome is unknown, retry with the same idempotency key: {error}"
     ))
@@ -764,7 +767,7 @@ async fn commit_cached(
             }
             // The connection broke: whether the statement committed is not known.
             _ if broken(&error) => Err(CachedMiss::Failed(BatchFailure::Unknown(outcome_unknown(
-                &error,
+                &describe(&error),
             )))),
             // The database answered with an error: the statement's transaction did not
             // commit, and the batch is tried once more.
@@ -919,12 +922,13 @@ fn record_phase_elapsed(phase: &'static str, elapsed: Duration) {
 }
 
 /// A failure in the writing round trip: a closed connection there may have happened
-/// after the server committed, so it is reported as an unknown outcome.
+/// after the server committed, so it is reported as an unknown outcome, and so is any
+/// other passing failure (a cancelled statement, a lock timeout, a deadlock), which
+/// the database rolled back: either way a lookup tells what stands, and a batch of
+/// appends is committed again from one (`Writer::try_commit`).
 fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
-    if broken(&error) {
-        BatchFailure::Unknown(outcome_unknown(&error))
-    } else if is_transient(&error) {
-        BatchFailure::Transient(outcome_unknown(&error))
+    if is_transient(&error) {
+        BatchFailure::Unknown(outcome_unknown(&describe(&error)))
     } else {
         BatchFailure::Statement(pg_error(error))
     }

@@ -1,6 +1,8 @@
 //! Commits whose outcome the writer cannot know: the connection breaks after the
 //! database received the commit and before its answer came back. Retries must never
-//! duplicate, so whatever the writer answers must match what the log holds.
+//! duplicate, so whatever the writer answers must match what the log holds. And a
+//! commit the database failed for a passing reason (a cancelled statement) is
+//! committed again rather than answered with the error.
 //!
 //! A proxy between the store and the test database makes the break happen at exactly
 //! that moment: it holds back the database's answers on the connection that sent a
@@ -393,4 +395,60 @@ async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answe
         other => panic!("expected the stored answer, got {other:?}"),
     }
     cutting.log_is_whole_after().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looked_up_commit_the_database_cancelled_is_committed_again() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let first = PostgresStore::connect(options(&database)).await.unwrap();
+    append_one(&first, "contended").await;
+    // Another session holds the stream's row: the next batch's writes wait for it.
+    let holder = sql(&database.primary_url).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM streams WHERE name = 'contended' FOR UPDATE")
+        .await
+        .unwrap();
+    // A new store knows nothing of the log: its batch is looked up, and its writes and
+    // `COMMIT` wait in the second round trip.
+    let second = Arc::new(PostgresStore::connect(options(&database)).await.unwrap());
+    let appending = Arc::clone(&second);
+    let answer = tokio::spawn(async move { append_one(appending.as_ref(), "contended").await });
+    let watcher = sql(&database.primary_url).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting: i32 = loop {
+        let rows = watcher
+            .query(
+                "SELECT pid FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch never waited for the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let cancelled: bool = watcher
+        .query_one("SELECT pg_cancel_backend($1)", &[&waiting])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    // The cancelled transaction rolled back; the batch is looked up and committed again.
+    let appended = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("the append is answered")
+        .unwrap();
+    assert_eq!(appended.first_position, 2);
+    assert_eq!(appended.streams[0].last_version, 1);
+    let log = whole_log(second.as_ref()).await;
+    let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2]);
 }

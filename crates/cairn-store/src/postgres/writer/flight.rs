@@ -56,7 +56,7 @@ use crate::StoreError;
 use crate::metrics as m;
 use crate::postgres::batch::BatchState;
 use crate::postgres::read::to_db;
-use crate::postgres::schema::pg_error;
+use crate::postgres::schema::{describe, pg_error};
 
 /// Taken by the looked-up path and the import before they lock the head.
 pub(in crate::postgres) const TAKE_WRITE_TURN: &str =
@@ -451,8 +451,8 @@ async fn commit(
     }
     match tokio::time::timeout(timeout, client.batch_execute("COMMIT")).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Miss::Unknown(outcome_unknown(&error))),
-        Err(_) => Err(Miss::Unknown(outcome_unknown(&"timed out"))),
+        Ok(Err(error)) => Err(Miss::Unknown(outcome_unknown(&describe(&error)))),
+        Err(_) => Err(Miss::Unknown(outcome_unknown("timed out"))),
     }
 }
 
