@@ -35,11 +35,11 @@
 //! The requests are answered only after the commit returned (`COMMIT`, or the cached
 //! path's statement) and the batch was published (live feed, then head). When the
 //! connection broke while committing (or the database rolled the writes back for a
-//! passing reason), a batch of appends is looked up once more on a new connection, whose lookup waits for the lost transaction to end and finds the
-//! batch's event ids if it committed (`Writer::try_commit`). A commit whose outcome is
-//! still unknown (a batch with a delete, a timeout, a second break) is answered
-//! `Unavailable`, never success: a retry with the same idempotency key or event ids is
-//! then safe.
+//! passing reason), a batch of appends is looked up once more on a new connection,
+//! whose lookup waits for the lost transaction to end and finds the batch's event ids
+//! if it committed (`Writer::try_commit`). A commit whose outcome is still unknown (a
+//! batch with a delete, a timeout, a second break) is answered `Unavailable`, never
+//! success: a retry with the same idempotency key or event ids is then safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
