@@ -360,13 +360,14 @@ impl Writer {
                     retried = true;
                 }
                 Ok(Err((BatchFailure::Unknown(error), _))) if !retried && only_appends(batch) => {
-                    // The batch may have committed. A lookup on a new connection tells:
-                    // it waits for that transaction to end (the head lock), and a
-                    // request whose events it finds stored is answered as the commit
-                    // left it, as a re-sent one (or, under an idempotency key, with
-                    // the stored answer). A delete could not be told from one that
-                    // came after it, so a batch with one is answered with the error.
-                    tracing::debug!(%error, "the connection broke while committing; looking the batch up on a new one");
+                    // The batch may have committed (or, after a database error, did
+                    // not). A lookup on a new connection tells: it waits for that
+                    // transaction to end (the head lock), and a request whose events it
+                    // finds stored is answered as the commit left it, as a re-sent one
+                    // (or, under an idempotency key, with the stored answer); the rest
+                    // commit now. A delete could not be told from one that came after
+                    // it, so a batch with one is answered with the error.
+                    tracing::debug!(%error, "a batch failed while committing; looking it up on a new connection");
                     drop(Object::take(connection));
                     retried = true;
                 }
