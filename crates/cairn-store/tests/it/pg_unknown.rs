@@ -23,6 +23,7 @@ use cairn_store::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::postgres::{append_one, options, sql};
 
@@ -162,22 +163,35 @@ fn keyed(request: AppendRequest) -> AppendRequest {
     }
 }
 
-/// The first column of `query`'s first row once there is one, read on a connection of
-/// its own: what a commit left, once it committed.
-async fn once_committed(database: &TestDatabase, query: &str, parameter: &str) -> i64 {
-    let direct = sql(&database.primary_url).await;
+/// The first column of `query`'s first row, asked every 10 ms until there is one
+/// (failing the test after 20 s, saying `what` never happened).
+async fn first_row<T: for<'a> FromSql<'a>>(
+    client: &tokio_postgres::Client,
+    query: &str,
+    parameters: &[&(dyn ToSql + Sync)],
+    what: &str,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let rows = direct.query(query, &[&parameter]).await.unwrap();
+        let rows = client.query(query, parameters).await.unwrap();
         if let Some(row) = rows.first() {
             return row.get(0);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the held commit never became visible"
-        );
+        assert!(Instant::now() < deadline, "{what} never happened");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// What a commit left, read on a connection of its own once it committed.
+async fn once_committed(database: &TestDatabase, query: &str, parameter: &str) -> i64 {
+    let direct = sql(&database.primary_url).await;
+    first_row(
+        &direct,
+        query,
+        &[&parameter],
+        "the held commit's becoming visible",
+    )
+    .await
 }
 
 /// A store on a fresh database whose every connection goes through a cutting proxy.
@@ -416,24 +430,13 @@ async fn a_looked_up_commit_the_database_cancelled_is_committed_again() {
     let appending = Arc::clone(&second);
     let answer = tokio::spawn(async move { append_one(appending.as_ref(), "contended").await });
     let watcher = sql(&database.primary_url).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let waiting: i32 = loop {
-        let rows = watcher
-            .query(
-                "SELECT pid FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = rows.first() {
-            break row.get(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the batch never waited for the row"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let waiting: i32 = first_row(
+        &watcher,
+        "SELECT pid FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted",
+        &[],
+        "the batch's waiting for the row",
+    )
+    .await;
     let cancelled: bool = watcher
         .query_one("SELECT pg_cancel_backend($1)", &[&waiting])
         .await
