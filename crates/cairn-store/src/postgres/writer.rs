@@ -33,13 +33,14 @@
 //! it moves the head once that one has.
 //!
 //! The requests are answered only after the commit returned (`COMMIT`, or the cached
-//! path's statement) and the batch was published (live feed, then head). When the
-//! connection broke while committing (or the database rolled the writes back for a
-//! passing reason), a batch of appends is looked up once more on a new connection,
-//! whose lookup waits for the lost transaction to end and finds the batch's event ids
-//! if it committed (`Writer::try_commit`). A commit whose outcome is still unknown (a
-//! batch with a delete, a timeout, a second break) is answered `Unavailable`, never
-//! success: a retry with the same idempotency key or event ids is then safe.
+//! path's statement) and the batch was published (live feed, then head). A batch the
+//! database rolled back for a passing reason (a cancelled statement, a deadlock) is
+//! tried once more. When the connection broke while committing, a batch of appends is
+//! looked up once more on a new connection, whose lookup waits for the lost
+//! transaction to end and finds the batch's event ids if it committed
+//! (`Writer::try_commit`). A commit whose outcome is still unknown (a batch with a
+//! delete, a timeout, a second break) is answered `Unavailable`, never success: a
+//! retry with the same idempotency key or event ids is then safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -104,20 +105,19 @@ enum BatchFailure {
     Transient(StoreError),
     /// The database refused a statement: the batch is retried one request at a time.
     Statement(StoreError),
-    /// The connection broke before the commit was sent: nothing committed, so the
-    /// batch is tried once more on a new connection.
-    Disconnected(StoreError),
-    /// The writes and `COMMIT` failed for a passing reason: the connection broke
-    /// (whether the batch committed is not known) or the database rolled the batch back
-    /// (a cancelled statement, a lock timeout, a deadlock). A batch of appends is looked
-    /// up once more on a new connection, where its event ids show what stands (see
-    /// `Writer::try_commit`).
+    /// Nothing committed, for a passing reason: the connection broke before the commit
+    /// was sent, or the database rolled the batch back (a cancelled statement, a lock
+    /// timeout, a deadlock). The batch is tried once more on a new connection.
+    NotCommitted(StoreError),
+    /// The connection broke while the batch was committing: whether it committed is
+    /// not known. A batch of appends is looked up once more on a new connection, where
+    /// its event ids show what stands (see `Writer::try_commit`).
     Unknown(StoreError),
 }
 
 fn failure(error: tokio_postgres::Error) -> BatchFailure {
     if broken(&error) {
-        BatchFailure::Disconnected(pg_error(error))
+        BatchFailure::NotCommitted(pg_error(error))
     } else if is_transient(&error) {
         BatchFailure::Transient(pg_error(error))
     } else {
@@ -309,7 +309,7 @@ impl Writer {
                         error
                     }
                     BatchFailure::Transient(error)
-                    | BatchFailure::Disconnected(error)
+                    | BatchFailure::NotCommitted(error)
                     | BatchFailure::Unknown(error) => {
                         tracing::warn!(%error, requests, "group commit failed; the batch is answered with the error");
                         error
@@ -352,22 +352,22 @@ impl Writer {
             .await;
             match transaction {
                 Ok(Ok(committed)) => break committed,
-                Ok(Err((BatchFailure::Disconnected(error), None))) if !retried => {
-                    // The connection broke before anything could commit (a connection
-                    // that died idle in the pool): once more, on a new one.
+                Ok(Err((BatchFailure::NotCommitted(error), _))) if !retried => {
+                    // Nothing committed (a connection that died idle in the pool, a
+                    // statement the database cancelled): once more, on a new connection,
+                    // from a lookup.
                     tracing::debug!(%error, "retrying a batch on a new connection");
                     drop(Object::take(connection));
                     retried = true;
                 }
                 Ok(Err((BatchFailure::Unknown(error), _))) if !retried && only_appends(batch) => {
-                    // The batch may have committed (or, after a database error, did
-                    // not). A lookup on a new connection tells: it waits for that
-                    // transaction to end (the head lock), and a request whose events it
-                    // finds stored is answered as the commit left it, as a re-sent one
-                    // (or, under an idempotency key, with the stored answer); the rest
-                    // commit now. A delete could not be told from one that came after
-                    // it, so a batch with one is answered with the error.
-                    tracing::debug!(%error, "a batch failed while committing; looking it up on a new connection");
+                    // The batch may have committed. A lookup on a new connection tells:
+                    // it waits for that transaction to end (the head lock), and a
+                    // request whose events it finds stored is answered as the commit
+                    // left it, as a re-sent one (or, under an idempotency key, with
+                    // the stored answer). A delete could not be told from one that
+                    // came after it, so a batch with one is answered with the error.
+                    tracing::debug!(%error, "the connection broke while committing; looking the batch up on a new one");
                     drop(Object::take(connection));
                     retried = true;
                 }
@@ -772,7 +772,7 @@ async fn commit_cached(
             )))),
             // The database answered with an error: the statement's transaction did not
             // commit, and the batch is tried once more.
-            _ if is_transient(&error) => Err(CachedMiss::Failed(BatchFailure::Disconnected(
+            _ if is_transient(&error) => Err(CachedMiss::Failed(BatchFailure::NotCommitted(
                 pg_error(error),
             ))),
             _ => Err(CachedMiss::Failed(BatchFailure::Statement(pg_error(error)))),
@@ -923,13 +923,14 @@ fn record_phase_elapsed(phase: &'static str, elapsed: Duration) {
 }
 
 /// A failure in the writing round trip: a closed connection there may have happened
-/// after the server committed, so it is reported as an unknown outcome, and so is any
-/// other passing failure (a cancelled statement, a lock timeout, a deadlock), which
-/// the database rolled back: either way a lookup tells what stands, and a batch of
-/// appends is committed again from one (`Writer::try_commit`).
+/// after the server committed, so it is reported as an unknown outcome. Any other
+/// passing failure (a cancelled statement, a lock timeout, a deadlock) is the
+/// database's answer: it rolled the batch back.
 fn failure_at_commit(error: tokio_postgres::Error) -> BatchFailure {
-    if is_transient(&error) {
+    if broken(&error) {
         BatchFailure::Unknown(outcome_unknown(&describe(&error)))
+    } else if is_transient(&error) {
+        BatchFailure::NotCommitted(pg_error(error))
     } else {
         BatchFailure::Statement(pg_error(error))
     }

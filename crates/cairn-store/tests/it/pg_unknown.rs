@@ -411,24 +411,28 @@ async fn a_keyed_append_cut_after_it_committed_is_answered_with_its_stored_answe
     cutting.log_is_whole_after().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_looked_up_commit_the_database_cancelled_is_committed_again() {
-    let Some(database) = testing::shared_database().await else {
-        return;
-    };
-    let first = PostgresStore::connect(options(&database)).await.unwrap();
+/// Runs `write` on a store that knows nothing of the log yet (so its batch is looked
+/// up, and its writes and `COMMIT` go in the second round trip) while another session
+/// holds the row of the stream `contended`, which one append made. Once the batch waits
+/// for that row, its statement is cancelled and the row released. Returns the write's
+/// answer and the store.
+async fn cancelled_while_waiting<F, T>(
+    database: &TestDatabase,
+    write: impl FnOnce(Arc<PostgresStore>) -> F,
+) -> (T, Arc<PostgresStore>)
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let first = PostgresStore::connect(options(database)).await.unwrap();
     append_one(&first, "contended").await;
-    // Another session holds the stream's row: the next batch's writes wait for it.
     let holder = sql(&database.primary_url).await;
     holder
         .batch_execute("BEGIN; SELECT 1 FROM streams WHERE name = 'contended' FOR UPDATE")
         .await
         .unwrap();
-    // A new store knows nothing of the log: its batch is looked up, and its writes and
-    // `COMMIT` wait in the second round trip.
-    let second = Arc::new(PostgresStore::connect(options(&database)).await.unwrap());
-    let appending = Arc::clone(&second);
-    let answer = tokio::spawn(async move { append_one(appending.as_ref(), "contended").await });
+    let store = Arc::new(PostgresStore::connect(options(database)).await.unwrap());
+    let answer = tokio::spawn(write(Arc::clone(&store)));
     let watcher = sql(&database.primary_url).await;
     let waiting: i32 = first_row(
         &watcher,
@@ -444,14 +448,47 @@ async fn a_looked_up_commit_the_database_cancelled_is_committed_again() {
         .get(0);
     assert!(cancelled);
     holder.batch_execute("ROLLBACK").await.unwrap();
-    // The cancelled transaction rolled back; the batch is looked up and committed again.
-    let appended = tokio::time::timeout(Duration::from_secs(30), answer)
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
-        .expect("the append is answered")
+        .expect("the write is answered")
         .unwrap();
+    (answer, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looked_up_commit_the_database_cancelled_is_committed_again() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let (appended, store) = cancelled_while_waiting(&database, |store| async move {
+        append_one(store.as_ref(), "contended").await
+    })
+    .await;
+    // The cancelled transaction rolled back; the batch is looked up and committed again.
     assert_eq!(appended.first_position, 2);
     assert_eq!(appended.streams[0].last_version, 1);
-    let log = whole_log(second.as_ref()).await;
+    let log = whole_log(store.as_ref()).await;
     let positions: Vec<u64> = log.iter().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looked_up_delete_the_database_cancelled_is_committed_again() {
+    let Some(database) = testing::shared_database().await else {
+        return;
+    };
+    let (deleted, store) = cancelled_while_waiting(&database, |store| async move {
+        store
+            .delete_stream(&stream("contended"), ExpectedVersion::Exact(0))
+            .await
+    })
+    .await;
+    // The database's error says the batch rolled back: even a delete is tried again.
+    assert_eq!(deleted.unwrap(), 0);
+    assert!(matches!(
+        store
+            .delete_stream(&stream("contended"), ExpectedVersion::Any)
+            .await,
+        Err(StoreError::StreamDeleted(_))
+    ));
 }
