@@ -1012,27 +1012,27 @@ impl<'a> WriteColumns<'a> {
         &'a self,
         round: &mut Vec<Pending<'a, Result<Vec<Row>, tokio_postgres::Error>>>,
         client: &'a Client,
-        statements: RowStatements<'a>,
+        statements: &'a RowStatements,
     ) {
         let events = &self.events;
         if self.writes_streams() {
             round.push(query(
                 client,
-                statements.streams_and_events,
+                &statements.streams_and_events,
                 self.streams_and_events(),
             ));
         }
         if !events.tag_names.is_empty() {
             round.push(query(
                 client,
-                statements.tags,
+                &statements.tags,
                 sql_params![&events.tag_names, &events.tag_positions],
             ));
         }
         if !self.key_names.is_empty() {
             round.push(query(
                 client,
-                statements.keys,
+                &statements.keys,
                 sql_params![
                     &self.key_names,
                     &self.key_fingerprints,
@@ -1063,10 +1063,21 @@ impl<'a> WriteColumns<'a> {
 
 /// The statements that write a batch's rows; the keys' differs between the looked-up
 /// path (an expired key is replaced) and a flight (a key there fails the transaction).
-struct RowStatements<'a> {
-    streams_and_events: &'a tokio_postgres::Statement,
-    tags: &'a tokio_postgres::Statement,
-    keys: &'a tokio_postgres::Statement,
+struct RowStatements {
+    streams_and_events: tokio_postgres::Statement,
+    tags: tokio_postgres::Statement,
+    keys: tokio_postgres::Statement,
+}
+
+impl RowStatements {
+    /// The row statements, with `keys` the text of the keys' insert.
+    async fn prepare(client: &Client, keys: &str) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
+            tags: client.prepare_cached(WRITE_TAGS).await?,
+            keys: client.prepare_cached(keys).await?,
+        })
+    }
 }
 
 /// The looked-up path's writing round trip, inside its transaction (which holds the
@@ -1084,15 +1095,7 @@ async fn write_and_commit(
     let columns = WriteColumns::new(state);
     let mut round: Vec<Pending<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
         vec![simple(client, GENERIC_PLANS)];
-    columns.push_rows(
-        &mut round,
-        client,
-        RowStatements {
-            streams_and_events: &statements.write_streams_and_events,
-            tags: &statements.write_tags,
-            keys: &statements.write_keys,
-        },
-    );
+    columns.push_rows(&mut round, client, &statements.rows);
     let wrote = columns.wrote();
     if wrote {
         round.push(query(
@@ -1225,9 +1228,7 @@ impl<'a> EventColumns<'a> {
 /// The statements of the writing round trip, prepared before the transaction begins
 /// (once per connection: later batches find them in the connection's cache).
 struct WriteStatements {
-    write_streams_and_events: tokio_postgres::Statement,
-    write_tags: tokio_postgres::Statement,
-    write_keys: tokio_postgres::Statement,
+    rows: RowStatements,
     write_head: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
@@ -1235,9 +1236,7 @@ struct WriteStatements {
 impl WriteStatements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            write_streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
-            write_tags: client.prepare_cached(WRITE_TAGS).await?,
-            write_keys: client.prepare_cached(WRITE_KEYS).await?,
+            rows: RowStatements::prepare(client, WRITE_KEYS).await?,
             write_head: client.prepare_cached(WRITE_HEAD).await?,
             notify: client.prepare_cached(NOTIFY).await?,
         })

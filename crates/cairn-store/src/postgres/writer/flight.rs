@@ -48,9 +48,9 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
-    CHANNEL, Command, Committed, Decision, KnownLog, Lookups, NOTIFY, RowStatements,
-    WRITE_STREAMS_AND_EVENTS, WRITE_TAGS, WriteColumns, Writer, answer_failure, decide,
-    only_appends, outcome_unknown, pipeline, query, record_phase_elapsed, refused, simple,
+    CHANNEL, Command, Committed, Decision, KnownLog, Lookups, NOTIFY, RowStatements, WriteColumns,
+    Writer, answer_failure, decide, only_appends, outcome_unknown, pipeline, query,
+    record_phase_elapsed, refused, simple,
 };
 use crate::StoreError;
 use crate::metrics as m;
@@ -185,9 +185,7 @@ impl Miss {
 }
 
 struct FlightStatements {
-    write_streams_and_events: Statement,
-    write_tags: Statement,
-    write_new_keys: Statement,
+    rows: RowStatements,
     advance_head: Statement,
     notify: Statement,
 }
@@ -195,9 +193,7 @@ struct FlightStatements {
 impl FlightStatements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            write_streams_and_events: client.prepare_cached(WRITE_STREAMS_AND_EVENTS).await?,
-            write_tags: client.prepare_cached(WRITE_TAGS).await?,
-            write_new_keys: client.prepare_cached(WRITE_NEW_KEYS).await?,
+            rows: RowStatements::prepare(client, WRITE_NEW_KEYS).await?,
             advance_head: client.prepare_cached(ADVANCE_HEAD).await?,
             notify: client.prepare_cached(NOTIFY).await?,
         })
@@ -392,15 +388,7 @@ async fn write(
     let statements = FlightStatements::prepare(client).await?;
     let columns = WriteColumns::new(state);
     let mut round = vec![simple(client, BEGIN_FLIGHT)];
-    columns.push_rows(
-        &mut round,
-        client,
-        RowStatements {
-            streams_and_events: &statements.write_streams_and_events,
-            tags: &statements.write_tags,
-            keys: &statements.write_new_keys,
-        },
-    );
+    columns.push_rows(&mut round, client, &statements.rows);
     for result in pipeline(round).await {
         result?;
     }
