@@ -207,12 +207,27 @@ impl Cutting {
     /// After one append to each of `warm` (two make the writer decide from memory).
     /// `None` when the PostgreSQL tests are skipped.
     async fn start(overlap_min_events: usize, warm: &[&str]) -> Option<Self> {
+        Self::start_with(
+            overlap_min_events,
+            warm,
+            PostgresOptions::new("").write_timeout,
+        )
+        .await
+    }
+
+    /// The same, with commits timing out after `write_timeout`.
+    async fn start_with(
+        overlap_min_events: usize,
+        warm: &[&str],
+        write_timeout: Duration,
+    ) -> Option<Self> {
         let database = testing::shared_database().await?;
         let proxy = CutProxy::start(port_of(&database)).await;
         let store = Arc::new(
             PostgresStore::connect(PostgresOptions {
                 url: proxy.url(&database),
                 overlap_min_events,
+                write_timeout,
                 ..options(&database)
             })
             .await
@@ -491,4 +506,51 @@ async fn a_looked_up_delete_the_database_cancelled_is_committed_again() {
             .await,
         Err(StoreError::StreamDeleted(_))
     ));
+}
+
+/// The marked append's answers are held back after its commit and never come: the
+/// writer gives up after its write timeout and answers that the outcome is unknown,
+/// never success, though the commit stands (and is found, once, by the next reads).
+async fn timed_out_commit_is_answered_unknown(overlap_min_events: usize, then: &str) {
+    let Some(mut cutting) = Cutting::start_with(
+        overlap_min_events,
+        &["warm-1", "warm-2"],
+        Duration::from_secs(1),
+    )
+    .await
+    else {
+        return;
+    };
+    cutting.proxy.arm(MARKER, then);
+    let store = Arc::clone(&cutting.store);
+    let answer = tokio::spawn(async move { store.append(marked_append("m")).await });
+    cutting.proxy.held().await;
+    once_committed(
+        &cutting.database,
+        "SELECT position FROM events WHERE data LIKE '%' || $1 || '%'",
+        MARKER,
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("the append is answered")
+        .unwrap();
+    match answer {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("outcome is unknown"), "{message}");
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    cutting.proxy.cut();
+    cutting.log_is_whole_after().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_commit_whose_answer_never_comes_is_answered_unknown() {
+    timed_out_commit_is_answered_unknown(0, MARKER).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapped_commit_whose_answer_never_comes_is_answered_unknown() {
+    timed_out_commit_is_answered_unknown(1, "COMMIT").await;
 }
