@@ -109,10 +109,11 @@ pub(crate) async fn schema_version(client: &tokio_postgres::Client) -> Result<us
 /// reached or cannot take the work now is `Unavailable` (a retry may succeed); the
 /// rest is `Internal`.
 pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
+    let message = format!("PostgreSQL: {}", describe(&error));
     if is_transient(&error) {
-        StoreError::Unavailable(format!("PostgreSQL: {}", describe(&error)))
+        StoreError::Unavailable(message)
     } else {
-        StoreError::Internal(format!("PostgreSQL: {}", describe(&error)))
+        StoreError::Internal(message)
     }
 }
 
