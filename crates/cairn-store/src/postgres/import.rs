@@ -2,9 +2,9 @@
 //! append, first takes the write turn and locks the head row (`cairn_head … FOR
 //! UPDATE`), so it takes its turn with the writers of every instance; checks the batch
 //! against what it then finds (`crate::import::plan`); writes streams, events and tags
-//! in bulk with their own positions, versions and times; stores the new head (and the latest `recorded_at`)
-//! in the head row, so later appends continue after the last imported position; and
-//! notifies the other instances like an append does.
+//! in bulk with their own positions, versions and times; stores the new head (and the
+//! latest `recorded_at`) in the head row, so later appends continue after the last
+//! imported position; and notifies the other instances like an append does.
 
 use std::collections::{HashMap, HashSet};
 
